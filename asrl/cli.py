@@ -1,0 +1,56 @@
+"""Command line: ``asrl train -c CONFIG [-o OUTDIR] [--set key=value ...] [--resume]``."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from asrl.config import ConfigError, load_config
+
+
+def _train(args: argparse.Namespace) -> int:
+    overrides = list(args.set or [])
+    if args.output:
+        overrides.append(f"output_dir={args.output}")
+    cfg = load_config(args.config, overrides)
+    from asrl.loop import train  # heavy imports (torch, transformers) only once args are valid
+
+    train(cfg, resume=args.resume)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asrl", description="Alternating SFT and GRPO for small language models."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="train a model (ASRL or a baseline schedule)")
+    t.add_argument("-c", "--config", required=True, help="YAML config (see configs/)")
+    t.add_argument("-o", "--output", help="output directory (overrides output_dir)")
+    t.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a setting, e.g. grpo.beta=0.04",
+    )
+    t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    t.set_defaults(func=_train)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConfigError as e:
+        print(f"asrl: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("asrl: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

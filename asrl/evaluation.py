@@ -1,0 +1,102 @@
+"""Held-out evaluation: format accuracy, correctness, validation loss (greedy decoding).
+
+* ``eval/format_accuracy`` — the paper's check (every section tag opened and closed) over the
+  held-out examples whose reference uses the thinking format;
+* ``eval/format_compliance`` — right format for every example (thinking where the reference
+  thinks, none where it answers directly);
+* ``eval/correctness`` — fraction whose final answer exactly matches the ground truth;
+  ``eval/correctness/<type>`` the same per record type;
+* ``eval/reward_mean`` — the training reward on greedy outputs; ``eval/val_loss`` —
+  response-token cross-entropy of the references.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+
+from asrl.config import EvalConfig
+from asrl.data.format import ThinkingFormat
+from asrl.data.render import prompt_ids, tokenize_all
+from asrl.generation import generate
+from asrl.models import Policy
+from asrl.phases.sft import validation_loss
+from asrl.rewards import RewardSet, correctness_score, format_ok
+from asrl.types import Example
+
+
+def eval_examples(examples: list[Example], cfg: EvalConfig) -> list[Example]:
+    """The first ``max_examples`` of the split: stable across epochs as the split only grows."""
+    return examples[: cfg.max_examples]
+
+
+def evaluate(
+    policy: Policy,
+    examples: list[Example],
+    fmt: ThinkingFormat,
+    rewards: RewardSet,
+    cfg: EvalConfig,
+    max_length: int,
+    system_prompt: str | None = None,
+) -> dict[str, float]:
+    start = time.perf_counter()
+    examples = eval_examples(examples, cfg)
+    if not examples:
+        return {}
+    tok = policy.tokenizer
+    p_ids = [prompt_ids(tok, ex, system_prompt) for ex in examples]
+    c_ids = generate(
+        policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
+    )
+    texts = tok.batch_decode(c_ids, skip_special_tokens=True)
+    scored, _ = rewards.score(examples, texts)
+
+    thinking_ok, compliant, exact = [], [], []
+    by_type: dict[str, list[float]] = defaultdict(list)
+    for ex, text in zip(examples, texts):
+        if fmt.has_thinking(ex.response):
+            thinking_ok.append(fmt.is_well_formed(text))
+        compliant.append(format_ok(text, ex.response, fmt))
+        truth = ex.answer if ex.answer is not None else fmt.final_answer(ex.response)
+        hit = correctness_score(fmt.final_answer(text), truth) == 1.0
+        exact.append(hit)
+        by_type[ex.type].append(float(hit))
+
+    tokenized, _ = tokenize_all(tok, examples, max_length, system_prompt)
+    metrics = {
+        "eval/format_accuracy": _mean(thinking_ok),
+        "eval/format_compliance": _mean(compliant),
+        "eval/correctness": _mean(exact),
+        "eval/reward_mean": _mean(scored),
+        "eval/val_loss": validation_loss(policy, tokenized),
+        "eval/n": float(len(examples)),
+        "eval/completion_len": sum(len(c) for c in c_ids) / len(c_ids),
+    }
+    for t, hits in sorted(by_type.items()):
+        metrics[f"eval/correctness/{t}"] = _mean(hits)
+    metrics["time/eval_s"] = time.perf_counter() - start
+    return metrics
+
+
+def _mean(values: Iterable[float]) -> float:
+    values = list(values)
+    return float(sum(values) / len(values)) if values else float("nan")
+
+
+def sample_outputs(
+    policy: Policy,
+    examples: list[Example],
+    n: int,
+    max_new_tokens: int,
+    system_prompt: str | None = None,
+) -> list[dict[str, str]]:
+    """A few greedy completions for a human to read (prompt, reference, output)."""
+    examples = examples[:n]
+    p_ids = [prompt_ids(policy.tokenizer, ex, system_prompt) for ex in examples]
+    c_ids = generate(policy, p_ids, max_new_tokens=max_new_tokens, greedy=True)
+    texts = policy.tokenizer.batch_decode(c_ids, skip_special_tokens=True)
+    return [
+        {"prompt": ex.prompt_text, "reference": ex.response, "output": t}
+        for ex, t in zip(examples, texts)
+    ]

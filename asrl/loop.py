@@ -1,0 +1,333 @@
+"""``train(cfg)``: the controller. It reads like the algorithm; phases and schedules do the work.
+
+Each epoch: refresh the data -> for each phase the schedule names (ASRL: SFT then GRPO):
+run it, evaluate on held-out data -> checkpoint -> early-stop check.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from asrl.config import Config, ConfigError
+from asrl.data.live import LiveDataset
+from asrl.data.render import tokenize_all
+from asrl.data.sources import JsonlFile, write_synthetic
+from asrl.evaluation import evaluate
+from asrl.models import Policy, load_policy
+from asrl.phases.grpo import run_grpo_phase
+from asrl.phases.sft import run_sft_phase
+from asrl.rewards import RewardSet
+from asrl.schedules import make_schedule
+from asrl.tracking import MetricsLog, console, epoch_line, write_json
+from asrl.types import PhaseResult
+
+log = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def derived_seed(*parts: Any) -> int:
+    """A seed from (seed, epoch, phase, ...): reproducible and independent per use."""
+    return random.Random(":".join(map(str, parts))).getrandbits(31)
+
+
+@dataclass
+class EarlyStopping:
+    """Stop after ``patience`` epochs in a row where no eval (after either phase) improved."""
+
+    metric: str
+    mode: str
+    patience: int
+    best: float | None = None
+    bad_epochs: int = 0
+    improved_this_epoch: bool = False
+
+    def observe(self, value: float | None) -> None:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return
+        better = self.best is None or (
+            value < self.best if self.mode == "min" else value > self.best
+        )
+        if better:
+            self.best = value
+            self.improved_this_epoch = True
+
+    def end_epoch(self) -> bool:
+        """Close the epoch; True when training should stop."""
+        self.bad_epochs = 0 if self.improved_this_epoch else self.bad_epochs + 1
+        self.improved_this_epoch = False
+        return self.bad_epochs >= self.patience
+
+
+@dataclass
+class Run:
+    """Everything one training run holds."""
+
+    cfg: Config
+    out: Path
+    policy: Policy
+    dataset: LiveDataset
+    rewards: RewardSet
+    metrics: MetricsLog
+    optimizers: dict[str, torch.optim.Optimizer]
+    stopper: EarlyStopping
+    ledger: dict[str, float] = field(default_factory=dict)
+    data_sizes: list[dict[str, int]] = field(default_factory=list)
+
+    def refresh_data(self, epoch: int) -> dict[str, Any]:
+        res = self.dataset.refresh()
+        sizes = self.dataset.sizes()
+        rec = {
+            "data/version": self.dataset.version,
+            "data/new_examples": res.new,
+            "data/rejected": res.rejected,
+            "data/duplicates": res.duplicates,
+            "data/train_size": sizes["train"],
+            "data/val_size": sizes["val"],
+            "data/test_size": sizes["test"],
+        }
+        self.data_sizes.append({"epoch": epoch, **sizes})
+        if res.rejected:
+            console(f"data: {res.rejected} bad record(s) quarantined in {self.dataset.quarantine}")
+        return self.metrics.log(epoch, "data", rec)
+
+    def run_phase(self, phase: str, epoch: int) -> PhaseResult:
+        cfg, rng = self.cfg, random.Random(derived_seed(self.cfg.seed, epoch, phase))
+        desc = f"epoch {epoch} {phase}"
+        if phase == "sft":
+            data, dropped = tokenize_all(
+                self.policy.tokenizer,
+                self.dataset.train,
+                cfg.data.max_length,
+                cfg.data.system_prompt,
+            )
+            result = run_sft_phase(self.policy, data, cfg.sft, self.optimizers["sft"], rng, desc)
+            result.metrics["data/dropped_too_long"] = len(dropped)
+            if dropped:
+                console(f"sft: dropped {len(dropped)} example(s) over {cfg.data.max_length} tokens")
+        elif phase == "grpo":
+            result = run_grpo_phase(
+                self.policy,
+                self.dataset.train,
+                cfg.grpo,
+                self.rewards,
+                self.optimizers["grpo"],
+                rng,
+                derived_seed(cfg.seed, epoch, "rollout"),
+                cfg.data.system_prompt,
+                desc,
+            )
+        else:
+            raise ValueError(f"unknown phase {phase!r}")
+        for key in ("examples_seen", "tokens_trained", "tokens_generated", "seconds"):
+            self.ledger[key] = self.ledger.get(key, 0) + getattr(result, key)
+        result.metrics.update(
+            {
+                "time/phase_s": result.seconds,
+                "compute/examples_seen": result.examples_seen,
+                "compute/tokens_trained": result.tokens_trained,
+                "compute/tokens_generated": result.tokens_generated,
+            }
+        )
+        self.metrics.log(epoch, phase, result.metrics)
+        return result
+
+    def evaluate(self, epoch: int, after: str) -> dict[str, Any]:
+        cfg = self.cfg
+        split = self.dataset.splits[cfg.eval.split]
+        m = evaluate(
+            self.policy,
+            split,
+            cfg.format.spec(),
+            self.rewards,
+            cfg.eval,
+            cfg.data.max_length,
+            cfg.data.system_prompt,
+        )
+        m["eval/after"] = after
+        rec = self.metrics.log(epoch, "eval", m)
+        self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
+        return rec
+
+    def checkpoint(self, epoch: int) -> None:
+        if self.cfg.checkpoint.every == "none":
+            return
+        state = {
+            "epoch": epoch,
+            "data": self.dataset.state(),
+            "stopper": {"best": self.stopper.best, "bad_epochs": self.stopper.bad_epochs},
+            "ledger": self.ledger,
+            "data_sizes": self.data_sizes,
+        }
+        save_checkpoint(
+            self.out / "checkpoints",
+            f"epoch-{epoch:04d}",
+            self.policy,
+            self.optimizers,
+            state,
+            self.cfg.checkpoint.keep_last,
+        )
+
+
+def prepare_output(cfg: Config, resume: bool) -> Path:
+    out = Path(cfg.output_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"output_dir: cannot write to {out}: {e}") from e
+    if not resume and (out / "metrics.jsonl").exists():
+        raise ConfigError(
+            f"output_dir: {out} already holds a run; pass --resume to continue it, "
+            "or choose another -o"
+        )
+    return out
+
+
+def ensure_dataset(cfg: Config) -> None:
+    path = Path(cfg.data.path)
+    if path.exists():
+        return
+    if cfg.data.generate.count > 0:
+        n = write_synthetic(
+            path,
+            cfg.data.generate.count,
+            cfg.data.generate.seed,
+            cfg.data.generate.mix,
+            cfg.format.spec(),
+        )
+        console(f"data: wrote {n} synthetic records to {path}")
+        return
+    raise ConfigError(f"data.path: {path} does not exist (set data.generate.count to create it)")
+
+
+def summarize(run: Run, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
+    evals = run.metrics.evals()
+    fmt90 = next(
+        (
+            e["epoch"]
+            for e in evals
+            if (e.get("eval/format_accuracy") or 0) >= 0.9 and e["epoch"] > 0
+        ),
+        None,
+    )
+    metric, mode = run.cfg.schedule.early_stopping_metric, run.cfg.schedule.early_stopping_mode
+    scored = [e for e in evals if e.get(metric) is not None]
+    best = (min if mode == "min" else max)(scored, key=lambda e: e[metric]) if scored else None
+    return {
+        "method": run.cfg.schedule.method,
+        "seed": run.cfg.seed,
+        "epochs_run": epochs_run,
+        "stopped_early": stopped_early,
+        "epochs_to_format_90": fmt90,
+        "initial": evals[0] if evals else None,
+        "final": evals[-1] if evals else None,
+        "best": best,
+        "compute": run.ledger,
+        "data_sizes": run.data_sizes,
+    }
+
+
+def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
+    """Set up the run (model, data, optimizers); returns it and the last completed epoch."""
+    out = prepare_output(cfg, resume)
+    ensure_dataset(cfg)
+    seed_everything(cfg.seed)
+    write_json(out / "config.json", cfg.to_dict())
+    policy = load_policy(cfg.model, seed=cfg.seed)
+    fmt = cfg.format.spec()
+    source = JsonlFile(cfg.data.path)
+    dataset = LiveDataset([source], cfg.data.split, quarantine=out / "quarantine.jsonl")
+    params = policy.trainable_parameters()
+    # Two optimizers over the same LoRA weights: Adam's moment estimates of the SFT loss
+    # would mis-scale GRPO steps (and back), whose gradients differ by orders of magnitude.
+    optimizers = {
+        "sft": torch.optim.AdamW(params, lr=cfg.sft.lr, weight_decay=cfg.sft.weight_decay),
+        "grpo": torch.optim.AdamW(params, lr=cfg.grpo.lr, weight_decay=0.0),
+    }
+    stopper = EarlyStopping(
+        cfg.schedule.early_stopping_metric, cfg.schedule.early_stopping_mode, cfg.schedule.patience
+    )
+    run = Run(
+        cfg,
+        out,
+        policy,
+        dataset,
+        RewardSet.from_config(cfg.reward, fmt),
+        MetricsLog(out / "metrics.jsonl"),
+        optimizers,
+        stopper,
+    )
+    start_epoch = 0
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    if ckpt is not None:
+        state = load_checkpoint(ckpt, policy, optimizers)
+        source.restore_until(state["data"]["cursors"][source.name])
+        dataset.refresh()  # re-read exactly what the checkpointed run had seen
+        dataset.version = state["data"]["version"]
+        stopper.best = state["stopper"]["best"]
+        stopper.bad_epochs = state["stopper"]["bad_epochs"]
+        run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
+        start_epoch = state["epoch"]
+        run.metrics.reload(after_epoch=start_epoch)
+        console(f"resumed from {ckpt} (epoch {start_epoch} complete)")
+    return run, start_epoch
+
+
+def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
+    """Train with ``cfg.schedule.method``; returns the summary also written to summary.json."""
+    run, start_epoch = build_run(cfg, resume)
+    schedule = make_schedule(cfg.schedule)
+    console(
+        f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
+        f"autocast={run.policy.autocast_dtype} out={run.out}"
+    )
+    if start_epoch == 0:
+        data = run.refresh_data(0)
+        console(
+            f"data: {data['data/train_size']} train / {data['data/val_size']} val / "
+            f"{data['data/test_size']} test from {cfg.data.path}"
+        )
+        e0 = run.evaluate(0, "init")
+        console(epoch_line(0, [e0], data, e0.get("time/eval_s", 0.0)))
+    epoch, stopped = start_epoch, False
+    for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
+        t0 = time.perf_counter()
+        data = run.refresh_data(epoch)
+        evals = []
+        for phase in schedule.phases(epoch):
+            run.run_phase(phase, epoch)
+            evals.append(run.evaluate(epoch, after=phase))
+        stopped = run.stopper.end_epoch()
+        run.checkpoint(epoch)
+        console(epoch_line(epoch, evals, data, time.perf_counter() - t0))
+        if stopped:
+            console(
+                f"early stop: no improvement in {cfg.schedule.early_stopping_metric} for "
+                f"{cfg.schedule.patience} epochs"
+            )
+            break
+    summary = summarize(run, epoch, stopped)
+    write_json(run.out / "summary.json", summary)
+    final = summary["final"] or {}
+    console(
+        f"done: format accuracy {final.get('eval/format_accuracy')}, correctness "
+        f"{final.get('eval/correctness')}; summary in {run.out / 'summary.json'}"
+    )
+    return summary

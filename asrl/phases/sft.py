@@ -1,0 +1,125 @@
+"""The SFT phase: cross-entropy on response tokens only, with gradient accumulation."""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from asrl.config import SFTConfig
+from asrl.data.render import IGNORE, Tokenized, collate
+from asrl.models import Policy
+from asrl.phases.common import clip_and_step, length_grouped_batches, set_lr
+from asrl.types import PhaseResult
+
+
+def sft_loss(
+    logits: torch.Tensor, labels: torch.Tensor, num_items: int | torch.Tensor | None = None
+) -> torch.Tensor:
+    """Summed next-token cross-entropy over labelled positions, divided by ``num_items``.
+
+    logits (B, T, V), labels (B, T) with IGNORE on prompt and padding. ``num_items`` is the
+    number of response tokens in the whole accumulation window (default: in this batch), so
+    a window of micro-batches gives exactly the loss of one big batch (TRL's convention).
+    """
+    shift_logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    total = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)),
+        shift_labels.reshape(-1),
+        ignore_index=IGNORE,
+        reduction="sum",
+    )
+    if num_items is None:
+        num_items = (shift_labels != IGNORE).sum()
+    return total / max(int(num_items), 1)
+
+
+def _forward_loss(policy: Policy, batch: dict[str, torch.Tensor], num_items: int) -> torch.Tensor:
+    """``sft_loss`` computed without logits for prompt and padding positions.
+
+    The LM head (vocab x hidden: 21% of SmolLM2's weights) and the vocab-wide log-softmax run
+    only where a label is; prompts are about half of each sequence. Equal to
+    ``sft_loss(model(...).logits, labels, num_items)`` (tested).
+    """
+    batch = {k: v.to(policy.device) for k, v in batch.items()}
+    causal_lm = policy.model.get_base_model()  # LoRA layers are injected in place
+    with policy.autocast():
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state  # (B, T, H)
+        targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+        keep = targets != IGNORE
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+    total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    return total / max(int(num_items), 1)
+
+
+@torch.no_grad()
+def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16) -> float:
+    """Mean response-token cross-entropy over ``data`` (teacher-forced)."""
+    if not data:
+        return float("nan")
+    was_training = policy.model.training
+    policy.model.eval()
+    total, count = 0.0, 0
+    pad = policy.tokenizer.pad_token_id
+    for i in range(0, len(data), batch_size):
+        chunk = data[i : i + batch_size]
+        n = sum(t.n_response for t in chunk)
+        total += float(_forward_loss(policy, collate(chunk, pad), n)) * n
+        count += n
+    policy.model.train(was_training)
+    return total / max(count, 1)
+
+
+def run_sft_phase(
+    policy: Policy,
+    data: list[Tokenized],
+    cfg: SFTConfig,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    desc: str = "sft",
+) -> PhaseResult:
+    """One pass over ``data`` (or ``cfg.max_examples_per_phase`` of it) at a constant LR."""
+    start = time.perf_counter()
+    if cfg.max_examples_per_phase is not None and len(data) > cfg.max_examples_per_phase:
+        data = rng.sample(data, cfg.max_examples_per_phase)
+    batches = length_grouped_batches([len(t.ids) for t in data], cfg.batch_size, rng)
+    windows = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
+    set_lr(optimizer, cfg.lr)  # constant within the phase, reset every epoch (paper)
+    params = policy.trainable_parameters()
+    pad = policy.tokenizer.pad_token_id
+    policy.model.train()
+    losses, norms, tokens = [], [], 0
+    bar = tqdm(windows, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None)
+    for window in bar:
+        num_items = sum(data[i].n_response for b in window for i in b)
+        step_loss = 0.0
+        for b in window:
+            batch = collate([data[i] for i in b], pad)
+            loss = _forward_loss(policy, batch, num_items)
+            loss.backward()
+            step_loss += loss.item()
+            tokens += int(batch["attention_mask"].sum())
+        norms.append(clip_and_step(params, optimizer, cfg.max_grad_norm))
+        losses.append(step_loss)
+        bar.set_postfix(loss=f"{step_loss:.3f}")
+    seconds = time.perf_counter() - start
+    metrics = {
+        "train/sft_loss": sum(losses) / max(len(losses), 1),
+        "train/sft_grad_norm": sum(norms) / max(len(norms), 1),
+        "train/lr": cfg.lr,
+        "perf/tokens_per_s": tokens / max(seconds, 1e-9),
+    }
+    return PhaseResult(
+        "sft",
+        metrics,
+        examples_seen=len(data),
+        tokens_trained=tokens,
+        seconds=seconds,
+        steps=len(windows),
+    )

@@ -1,0 +1,128 @@
+"""End to end on a tiny random Llama/Qwen3: seconds on CPU, real model code, real files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from asrl.config import load_config
+from asrl.loop import train
+
+CONTRACT_EVAL = {"eval/format_accuracy", "eval/correctness", "eval/val_loss", "eval/after"}
+
+
+def tiny(tmp_path, *overrides):
+    return load_config(
+        "configs/tiny.yaml",
+        [f"output_dir={tmp_path / 'out'}", f"data.path={tmp_path / 'data.jsonl'}", *overrides],
+    )
+
+
+def read_metrics(out):
+    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("arch", ["tiny-random-llama", "tiny-random-qwen3"])
+def test_asrl_run_writes_contract_and_trains_lora(tmp_path, arch):
+    cfg = tiny(tmp_path, f"model.name={arch}")
+    summary = train(cfg)
+    out = tmp_path / "out"
+    lines = read_metrics(out)
+    for rec in lines:
+        assert isinstance(rec["epoch"], int) and isinstance(rec["time"], float)
+        assert rec["phase"] in {"data", "sft", "grpo", "eval"}
+    # per epoch: data, sft, eval(after sft), grpo, eval(after grpo); epoch 0: data + init eval
+    assert [(r["epoch"], r["phase"]) for r in lines] == [
+        (0, "data"),
+        (0, "eval"),
+        (1, "data"),
+        (1, "sft"),
+        (1, "eval"),
+        (1, "grpo"),
+        (1, "eval"),
+        (2, "data"),
+        (2, "sft"),
+        (2, "eval"),
+        (2, "grpo"),
+        (2, "eval"),
+    ]
+    evals = [r for r in lines if r["phase"] == "eval"]
+    assert all(r.keys() >= CONTRACT_EVAL for r in evals)
+    assert [r["eval/after"] for r in evals] == ["init", "sft", "grpo", "sft", "grpo"]
+    sft = [r for r in lines if r["phase"] == "sft"]
+    assert all("train/sft_loss" in r and "perf/tokens_per_s" in r for r in sft)
+    grpo = [r for r in lines if r["phase"] == "grpo"]
+    assert all({"train/grpo_loss", "train/reward_mean", "train/kl"} <= r.keys() for r in grpo)
+    assert lines[0]["data/train_size"] > 0 and "data/version" in lines[0]
+
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk["method"] == "asrl" and on_disk["seed"] == 0 and on_disk["epochs_run"] == 2
+    assert {"epochs_to_format_90", "final", "best"} <= on_disk.keys()
+    assert on_disk["final"]["epoch"] == 2 and summary["epochs_run"] == 2
+
+    # LoRA B matrices start at zero (PEFT init): after training they must not be
+    weights = load_file(out / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
+    lora_b = [v for k, v in weights.items() if "lora_B" in k]
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
+
+
+def test_resume_continues_where_it_stopped(tmp_path):
+    train(tiny(tmp_path, "schedule.epochs=1"))
+    summary = train(tiny(tmp_path, "schedule.epochs=2"), resume=True)
+    assert summary["epochs_run"] == 2
+    epochs = [r["epoch"] for r in read_metrics(tmp_path / "out") if r["phase"] == "sft"]
+    assert epochs == [1, 2]  # epoch 1 not redone, epoch 2 added
+
+
+def test_refuses_to_overwrite_a_run(tmp_path):
+    from asrl.config import ConfigError
+
+    train(tiny(tmp_path, "schedule.epochs=1"))
+    with pytest.raises(ConfigError, match="--resume"):
+        train(tiny(tmp_path, "schedule.epochs=1"))
+
+
+def test_cli_train_and_config_errors(tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "asrl",
+        "train",
+        "-c",
+        "configs/tiny.yaml",
+        "-o",
+        str(tmp_path / "cli"),
+        "--set",
+        f"data.path={tmp_path / 'd.jsonl'}",
+        "--set",
+        "schedule.epochs=1",
+    ]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "cli" / "summary.json").is_file()
+    bad = subprocess.run(
+        cmd[:-2] + ["--set", "grpo.num_generations=1"], capture_output=True, text=True, timeout=120
+    )
+    assert bad.returncode == 2 and "grpo.num_generations" in bad.stderr
+
+
+def test_merged_generation_matches_unmerged(tmp_path):
+    # The fast path (LoRA merged) must compute the same function as the adapter model.
+    from asrl.models import load_policy
+
+    policy = load_policy(load_config("configs/tiny.yaml").model, seed=1)
+    for name, p in policy.model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p, std=0.05)  # a non-trivial adapter
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    with torch.no_grad():
+        plain = policy.model(input_ids=ids).logits
+        with policy.merged():
+            merged = policy.model(input_ids=ids).logits
+        after = policy.model(input_ids=ids).logits
+    assert torch.allclose(plain, merged, atol=1e-4)
+    assert torch.allclose(plain, after, atol=1e-5)  # unmerge restored the base weights
