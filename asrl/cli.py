@@ -7,6 +7,7 @@ import logging
 import sys
 
 from asrl.config import ConfigError, load_config
+from asrl.data import commands as data_commands
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -36,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.set_defaults(func=_train)
+    data_commands.register(sub)
     return parser
 
 

@@ -137,6 +137,7 @@ class EvalConfig:
     max_examples: int = 32
     max_new_tokens: int = 96
     batch_size: int = 32
+    samples_to_log: int = 8  # greedy outputs written to OUTDIR/samples.jsonl after each eval
 
 
 @dataclass

@@ -39,11 +39,12 @@ def evaluate(
     cfg: EvalConfig,
     max_length: int,
     system_prompt: str | None = None,
-) -> dict[str, float]:
+) -> tuple[dict[str, float], list[dict[str, str]]]:
+    """Metrics, and every (prompt, reference, output) for a human to read."""
     start = time.perf_counter()
     examples = eval_examples(examples, cfg)
     if not examples:
-        return {}
+        return {}, []
     tok = policy.tokenizer
     p_ids = [prompt_ids(tok, ex, system_prompt) for ex in examples]
     c_ids = generate(
@@ -76,27 +77,19 @@ def evaluate(
     for t, hits in sorted(by_type.items()):
         metrics[f"eval/correctness/{t}"] = _mean(hits)
     metrics["time/eval_s"] = time.perf_counter() - start
-    return metrics
+    samples = [
+        {
+            "id": ex.id,
+            "type": ex.type,
+            "prompt": ex.prompt_text,
+            "reference": ex.response,
+            "output": text,
+        }
+        for ex, text in zip(examples, texts)
+    ]
+    return metrics, samples
 
 
 def _mean(values: Iterable[float]) -> float:
     values = list(values)
     return float(sum(values) / len(values)) if values else float("nan")
-
-
-def sample_outputs(
-    policy: Policy,
-    examples: list[Example],
-    n: int,
-    max_new_tokens: int,
-    system_prompt: str | None = None,
-) -> list[dict[str, str]]:
-    """A few greedy completions for a human to read (prompt, reference, output)."""
-    examples = examples[:n]
-    p_ids = [prompt_ids(policy.tokenizer, ex, system_prompt) for ex in examples]
-    c_ids = generate(policy, p_ids, max_new_tokens=max_new_tokens, greedy=True)
-    texts = policy.tokenizer.batch_decode(c_ids, skip_special_tokens=True)
-    return [
-        {"prompt": ex.prompt_text, "reference": ex.response, "output": t}
-        for ex, t in zip(examples, texts)
-    ]

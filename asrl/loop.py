@@ -6,6 +6,7 @@ run it, evaluate on held-out data -> checkpoint -> early-stop check.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import random
@@ -21,7 +22,7 @@ from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
 from asrl.data.render import tokenize_all
-from asrl.data.sources import JsonlFile, write_synthetic
+from asrl.data.sources import JsonlFile, open_source, write_synthetic
 from asrl.evaluation import evaluate
 from asrl.models import Policy, load_policy
 from asrl.phases.grpo import run_grpo_phase
@@ -149,7 +150,7 @@ class Run:
     def evaluate(self, epoch: int, after: str) -> dict[str, Any]:
         cfg = self.cfg
         split = self.dataset.splits[cfg.eval.split]
-        m = evaluate(
+        m, samples = evaluate(
             self.policy,
             split,
             cfg.format.spec(),
@@ -159,6 +160,10 @@ class Run:
             cfg.data.system_prompt,
         )
         m["eval/after"] = after
+        with (self.out / "samples.jsonl").open("a", encoding="utf-8") as f:
+            for s in samples[: cfg.eval.samples_to_log]:
+                line = {"epoch": epoch, "after": after, **s}
+                f.write(json.dumps(line, ensure_ascii=False) + "\n")
         rec = self.metrics.log(epoch, "eval", m)
         self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
         return rec
@@ -201,9 +206,10 @@ def prepare_output(cfg: Config, resume: bool) -> Path:
 
 
 def ensure_dataset(cfg: Config) -> None:
+    """Write the synthetic starting dataset if asked to; fail early on a missing file."""
     path = Path(cfg.data.path)
-    if path.exists():
-        return
+    if path.exists() or not isinstance(open_source(cfg.data.path), JsonlFile):
+        return  # an existing file or directory, or a SQLite table (a writer may create it)
     if cfg.data.generate.count > 0:
         n = write_synthetic(
             path,
@@ -214,7 +220,10 @@ def ensure_dataset(cfg: Config) -> None:
         )
         console(f"data: wrote {n} synthetic records to {path}")
         return
-    raise ConfigError(f"data.path: {path} does not exist (set data.generate.count to create it)")
+    raise ConfigError(
+        f"data.path: {path} does not exist (create it, e.g. `asrl data generate --to {path} "
+        "--count 200`, or set data.generate.count)"
+    )
 
 
 def summarize(run: Run, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
@@ -252,7 +261,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     write_json(out / "config.json", cfg.to_dict())
     policy = load_policy(cfg.model, seed=cfg.seed)
     fmt = cfg.format.spec()
-    source = JsonlFile(cfg.data.path)
+    source = open_source(cfg.data.path)
     dataset = LiveDataset([source], cfg.data.split, quarantine=out / "quarantine.jsonl")
     params = policy.trainable_parameters()
     # Two optimizers over the same LoRA weights: Adam's moment estimates of the SFT loss

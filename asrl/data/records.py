@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 from typing import Any
 
 from asrl.types import Example
 
 ROLES = ("system", "user", "assistant", "tool")
 SPLITS = ("train", "val", "test")
+MAX_CHARS = 20_000  # prompt + response; longer records are quarantined, not trained on
 
 
 class RecordError(ValueError):
@@ -35,7 +37,8 @@ def _messages(value: Any, field: str) -> list[dict[str, str]]:
             raise RecordError(f"'{field}[{i}]' must be an object with a string 'content'")
         if m.get("role") not in ROLES:
             raise RecordError(f"'{field}[{i}].role' must be one of {', '.join(ROLES)}")
-        out.append({"role": m["role"], "content": m["content"]})
+        # the canonical role string, not the decoded copy: one object shared by 1M records
+        out.append({"role": ROLES[ROLES.index(m["role"])], "content": m["content"]})
     return out
 
 
@@ -99,7 +102,7 @@ def parse_record(obj: Any) -> Example:
         messages=tuple(messages),
         response=response,
         answer=None if answer is None else str(answer),
-        type=rtype,
+        type=sys.intern(rtype),  # a handful of distinct types across millions of records
         extra=extra,
     )
 
@@ -115,6 +118,42 @@ def parse_line(line: bytes) -> Example:
     except json.JSONDecodeError as e:
         raise RecordError(f"invalid JSON: {e.msg} at column {e.colno}") from e
     return parse_record(obj)
+
+
+def parse_row(row: dict[str, Any]) -> Example:
+    """Parse one database row (column -> value; NULL columns left out).
+
+    Text arrives as bytes so a non-UTF-8 cell is one bad record, not a failed query; the
+    ``messages`` column holds the message list as JSON text.
+    """
+    obj: dict[str, Any] = {}
+    for key, value in row.items():
+        if isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(
+                    f"column '{key}' is not UTF-8 ({e.reason} at byte {e.start})"
+                ) from e
+        obj[key] = value
+    if isinstance(obj.get("messages"), str):
+        try:
+            obj["messages"] = json.loads(obj["messages"])
+        except json.JSONDecodeError as e:
+            raise RecordError(f"column 'messages' is not JSON: {e.msg} at column {e.colno}") from e
+    return parse_record(obj)
+
+
+def record_chars(ex: Example) -> int:
+    """Characters of prompt (every turn) plus response."""
+    return sum(len(m["content"]) for m in ex.messages) + len(ex.response)
+
+
+def check_length(ex: Example, max_chars: int | None = MAX_CHARS) -> Example:
+    """Reject a record too long to be worth tokenizing (a pasted log, a runaway generator)."""
+    if max_chars is not None and (n := record_chars(ex)) > max_chars:
+        raise RecordError(f"too long: {n} characters of prompt + response (max {max_chars})")
+    return ex
 
 
 def split_of(record_id: str, fractions: list[float] | tuple[float, ...]) -> str:

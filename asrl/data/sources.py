@@ -1,7 +1,8 @@
 """Record sources that can be polled for what arrived since the last look.
 
 A source yields raw records with their position (for quarantine reports) and keeps a cursor
-that checkpoints store, so a resumed run neither skips nor re-reads data.
+that checkpoints store, so a resumed run neither skips nor re-reads data. Every source feeds
+the same record schema (:mod:`asrl.data.records`).
 """
 
 from __future__ import annotations
@@ -9,27 +10,57 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
+import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import quote
 
 from asrl.data.format import ThinkingFormat
+from asrl.data.records import parse_line, parse_row
 from asrl.data.synthetic import generate_records
+from asrl.types import Example
+
+READ_CHUNK = 1 << 22  # bytes per read: a 200 MB file is never held in memory at once
+SQL_BATCH = 2000  # rows per query: each query is a short read, so writers are never starved
+SQL_COLUMNS = ("id", "prompt", "messages", "response", "completion", "answer", "type")
+SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
 
 
 @dataclass(frozen=True)
 class RawRecord:
-    data: bytes  # one JSONL line without its newline
-    where: str  # "file.jsonl:12" (line number) for error reports
+    """One record as a source found it, before validation.
+
+    ``data`` is a JSONL line (bytes, without its newline) or a database row (column -> value);
+    both are parsed into the one schema by :meth:`parse`.
+    """
+
+    data: bytes | dict[str, Any]
+    where: str  # "file.jsonl:12" (line number) or "file.db:rowid 7", for error reports
+
+    def parse(self) -> Example:
+        return parse_line(self.data) if isinstance(self.data, bytes) else parse_row(self.data)
+
+    def preview(self, limit: int = 4096) -> str:
+        """The raw record as text, for the quarantine file."""
+        if isinstance(self.data, bytes):
+            return self.data[:limit].decode("utf-8", errors="replace")
+        row = {
+            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
+            for k, v in self.data.items()
+        }
+        return json.dumps(row, ensure_ascii=False, default=repr)[:limit]
 
 
 class Source(Protocol):
-    name: str
+    name: str  # key of this source's cursor in checkpoints
 
     def poll(self) -> Iterator[RawRecord]: ...
     def state(self) -> dict[str, Any]: ...
     def restore(self, state: dict[str, Any]) -> None: ...
+    def restore_until(self, state: dict[str, Any]) -> None: ...
 
 
 class JsonlFile:
@@ -49,18 +80,28 @@ class JsonlFile:
     def poll(self) -> Iterator[RawRecord]:
         if not self.path.exists():
             return
+        limit, self.limit = self.limit, None
         with self.path.open("rb") as f:
             f.seek(self.offset)
-            chunk = f.read() if self.limit is None else f.read(max(self.limit - self.offset, 0))
-        self.limit = None
-        end = chunk.rfind(b"\n")
-        if end < 0:
-            return
-        for line in chunk[: end + 1].split(b"\n")[:-1]:
-            self.line_no += 1
-            self.offset += len(line) + 1
-            if line.strip():
-                yield RawRecord(line.rstrip(b"\r"), f"{self.path.name}:{self.line_no}")
+            pos, tail = self.offset, b""  # tail: bytes after the last newline read so far
+            while limit is None or pos < limit:
+                chunk = f.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - pos))
+                if not chunk:
+                    break
+                pos += len(chunk)
+                buf = tail + chunk
+                end = buf.rfind(b"\n")
+                if end < 0:
+                    tail = buf
+                    continue
+                tail = buf[end + 1 :]
+                for line in buf[:end].split(b"\n"):
+                    # the cursor moves line by line, so a consumer that stops early resumes
+                    # exactly after the last record it took
+                    self.line_no += 1
+                    self.offset += len(line) + 1
+                    if line.strip():
+                        yield RawRecord(line.rstrip(b"\r"), f"{self.path.name}:{self.line_no}")
 
     def state(self) -> dict[str, Any]:
         return {"offset": self.offset, "line_no": self.line_no}
@@ -72,6 +113,133 @@ class JsonlFile:
         """Replay from the start up to a saved cursor: the next poll returns exactly the
         records the checkpointed run had absorbed (the dataset is rebuilt, not stored)."""
         self.offset, self.line_no, self.limit = 0, 0, int(state["offset"])
+
+
+class JsonlDir:
+    """A directory of JSONL files; files that appear later are picked up, each one tailed.
+
+    Files are read in name order. Names starting with a dot are skipped: they are the
+    temporary files of writers that publish by rename.
+    """
+
+    def __init__(self, path: str | Path, pattern: str = "*.jsonl") -> None:
+        self.path = Path(path)
+        self.pattern = pattern
+        self.name = str(self.path)
+        self.files: dict[str, JsonlFile] = {}  # relative name -> its tail
+        self.only: set[str] | None = None  # replaying: the files the checkpoint knew
+
+    def poll(self) -> Iterator[RawRecord]:
+        only, self.only = self.only, None
+        if only is None and self.path.is_dir():
+            for p in self.path.glob(self.pattern):
+                name = p.relative_to(self.path).as_posix()
+                if name not in self.files and not p.name.startswith(".") and p.is_file():
+                    self.files[name] = JsonlFile(p)
+        for name in sorted(self.files):
+            if only is None or name in only:
+                yield from self.files[name].poll()
+
+    def state(self) -> dict[str, Any]:
+        return {"files": {name: f.state() for name, f in self.files.items()}}
+
+    def _load(self, state: dict[str, Any], until: bool) -> None:
+        self.files = {}
+        for name, cursor in state["files"].items():
+            f = self.files[name] = JsonlFile(self.path / name)
+            f.restore_until(cursor) if until else f.restore(cursor)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._load(state, until=False)
+
+    def restore_until(self, state: dict[str, Any]) -> None:
+        """Replay every file up to its saved cursor; files that appeared after the
+        checkpoint are left for the poll after the replay."""
+        self._load(state, until=True)
+        self.only = set(self.files)
+
+
+class SqliteTable:
+    """A SQLite table read incrementally by rowid (rows are appended, not edited).
+
+    Opened read-only: the trainer never locks a writer out or creates a database by mistake.
+    A database or table that does not exist yet simply has no rows.
+    """
+
+    def __init__(self, path: str | Path, table: str = "records") -> None:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+            raise ValueError(f"table name {table!r} is not a plain SQL identifier")
+        self.path = Path(path)
+        self.table = table
+        self.name = f"sqlite:{self.path}:{table}"
+        self.rowid = 0
+        self.limit: int | None = None  # replaying: stop at this rowid
+
+    def _connect(self) -> sqlite3.Connection | None:
+        if not self.path.is_file():
+            return None
+        uri = f"file:{quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            return sqlite3.connect(uri, uri=True, timeout=30)
+        except sqlite3.OperationalError:
+            return None
+
+    def poll(self) -> Iterator[RawRecord]:
+        limit, self.limit = self.limit, None
+        conn = self._connect()
+        if conn is None:
+            return
+        try:
+            info = conn.execute(f'PRAGMA table_info("{self.table}")').fetchall()
+            present = {row[1].lower(): row[1] for row in info}
+            cols = [c for c in SQL_COLUMNS if c in present]
+            if not cols:
+                return
+            # text as bytes: a non-UTF-8 cell must become one quarantined row, not an error
+            # that stops every later row from being read
+            conn.text_factory = bytes
+            select = ", ".join(f'"{present[c]}"' for c in cols)
+            sql = f'SELECT rowid, {select} FROM "{self.table}" WHERE rowid > ?'
+            sql += " AND rowid <= ?" if limit is not None else ""
+            sql += f" ORDER BY rowid LIMIT {SQL_BATCH}"
+            while True:
+                params = (self.rowid,) if limit is None else (self.rowid, limit)
+                rows = conn.execute(sql, params).fetchall()
+                for row in rows:
+                    self.rowid = row[0]
+                    data = {c: v for c, v in zip(cols, row[1:]) if v is not None}
+                    yield RawRecord(data, f"{self.path.name}:rowid {row[0]}")
+                if len(rows) < SQL_BATCH:
+                    break
+        finally:
+            conn.close()
+
+    def state(self) -> dict[str, Any]:
+        return {"rowid": self.rowid}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.rowid = int(state["rowid"])
+
+    def restore_until(self, state: dict[str, Any]) -> None:
+        self.rowid, self.limit = 0, int(state["rowid"])
+
+
+def open_source(path: str | Path) -> Source:
+    """The source for a dataset path: a directory of JSONL files, a SQLite database
+    (``.db``/``.sqlite``/``.sqlite3``, or ``sqlite:PATH[:TABLE]``), else a JSONL file."""
+    text = str(path)
+    if text.startswith("sqlite:"):
+        rest = text[len("sqlite:") :]
+        db, sep, table = rest.rpartition(":")
+        if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
+            return SqliteTable(db, table)
+        return SqliteTable(rest)
+    p = Path(text)
+    if p.is_dir():
+        return JsonlDir(p)
+    if p.suffix.lower() in SQLITE_SUFFIXES:
+        return SqliteTable(p)
+    return JsonlFile(p)
 
 
 def write_synthetic(path: str | Path, count: int, seed: int, mix: str, fmt: ThinkingFormat) -> int:
