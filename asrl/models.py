@@ -185,6 +185,7 @@ class Policy:
     tokenizer: PreTrainedTokenizerBase
     device: torch.device
     autocast_dtype: torch.dtype | None
+    merge_for_generation: bool = True  # benchmarks switch it off to measure the difference
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -206,6 +207,9 @@ class Policy:
 
         Master weights are fp32, so merge then unmerge returns them to within rounding.
         """
+        if not self.merge_for_generation:
+            yield
+            return
         self.model.merge_adapter()
         try:
             yield
