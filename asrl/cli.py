@@ -8,6 +8,7 @@ import sys
 
 from asrl.config import ConfigError, load_config
 from asrl.data import commands as data_commands
+from asrl.experiments import compare
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -38,6 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     t.set_defaults(func=_train)
     data_commands.register(sub)
+    compare.register(sub)
     return parser
 
 

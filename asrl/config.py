@@ -79,12 +79,25 @@ class GenerateConfig:
 
 
 @dataclass
+class InjectConfig:
+    """Experiment aid (live-data comparisons): at the start of epoch ``at_epoch`` append
+    ``count`` synthetic records of ``mix`` to the JSONL file at ``data.path``, as a writer
+    would, before the dataset refreshes. 0 disables it. Only for a JSONL file source."""
+
+    at_epoch: int = 0
+    count: int = 100
+    mix: str = "percent"
+    seed: int = 0
+
+
+@dataclass
 class DataConfig:
     path: str = "data/train.jsonl"
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test
     max_length: int = 512  # tokens (prompt + response); longer examples are dropped, reported
     system_prompt: str | None = None  # None: the chat template's default
     generate: GenerateConfig = field(default_factory=GenerateConfig)
+    inject: InjectConfig = field(default_factory=InjectConfig)
 
 
 @dataclass
@@ -147,6 +160,26 @@ class ScheduleConfig:
     patience: int = 3  # epochs in a row with neither phase improving the metric
     early_stopping_metric: str = "eval/val_loss"
     early_stopping_mode: str = "min"  # min | max
+    # sequential: SFT for this many epochs, then GRPO only
+    sft_epochs: int = 1
+    # ares: GRPO for stage_epochs epochs, then SFT for stage_epochs epochs, repeat
+    stage_epochs: int = 1
+    # adaptive (SASR-style, ours; see schedules.Adaptive): epoch 1 is an SFT warm-up, then
+    # adaptive_slots phases per epoch, each SFT with probability clip(signal, p_min, 1)
+    adaptive_slots: int = 2
+    adaptive_signal: str = "grad_norm"  # grad_norm | format_accuracy
+    adaptive_p_min: float = 0.1
+    # chord: L = (1 - mu) * L_GRPO + mu * L_SFT per GRPO step; mu warms up linearly to
+    # mu_peak over warmup steps, then cosine-decays to mu_valley over decay steps. Our
+    # defaults are scaled to our small step counts (a few GRPO steps per epoch).
+    chord_mu_peak: float = 0.9
+    chord_mu_valley: float = 0.05
+    chord_warmup_steps: int = 0
+    chord_decay_steps: int = 16
+    chord_phi: bool = False  # weight expert tokens by p(1 - p), p = pi(token), detached
+    chord_sft_batch_size: int = 4  # expert examples per GRPO optimizer step
+    # relift: one SFT step once this many all-fail prompts are buffered
+    relift_buffer: int = 8
 
 
 @dataclass
@@ -335,6 +368,8 @@ def validate(cfg: Config) -> None:
         "schedule.early_stopping_mode",
         "use min or max",
     )
+    _validate_schedule(cfg.schedule)
+    _validate_inject(cfg.data.inject)
     _require(
         cfg.checkpoint.every in ("epoch", "phase", "none"),
         "checkpoint.every",
@@ -349,3 +384,29 @@ def validate(cfg: Config) -> None:
         "schedule.method",
         f"'{cfg.schedule.method}' is not one of {', '.join(sorted(SCHEDULES))}",
     )
+
+
+def _validate_schedule(s: ScheduleConfig) -> None:
+    _require(s.sft_epochs >= 0, "schedule.sft_epochs", "must be >= 0")
+    _require(s.stage_epochs >= 1, "schedule.stage_epochs", "must be >= 1")
+    _require(s.adaptive_slots >= 1, "schedule.adaptive_slots", "must be >= 1")
+    _require(
+        s.adaptive_signal in ("grad_norm", "format_accuracy"),
+        "schedule.adaptive_signal",
+        "use grad_norm or format_accuracy",
+    )
+    _require(0 <= s.adaptive_p_min <= 1, "schedule.adaptive_p_min", "must be in [0, 1]")
+    for key in ("chord_mu_peak", "chord_mu_valley"):
+        _require(0 <= getattr(s, key) <= 1, f"schedule.{key}", "must be in [0, 1]")
+    for key in ("chord_warmup_steps", "chord_decay_steps"):
+        _require(getattr(s, key) >= 0, f"schedule.{key}", "must be >= 0")
+    _require(s.chord_sft_batch_size >= 1, "schedule.chord_sft_batch_size", "must be >= 1")
+    _require(s.relift_buffer >= 1, "schedule.relift_buffer", "must be >= 1")
+
+
+def _validate_inject(inj: InjectConfig) -> None:
+    from asrl.data.synthetic import MIXES
+
+    _require(inj.at_epoch >= 0, "data.inject.at_epoch", "must be >= 0 (0: off)")
+    _require(inj.count >= 0, "data.inject.count", "must be >= 0")
+    _require(inj.mix in MIXES, "data.inject.mix", f"use one of {', '.join(sorted(MIXES))}")

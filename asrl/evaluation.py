@@ -27,8 +27,25 @@ from asrl.types import Example
 
 
 def eval_examples(examples: list[Example], cfg: EvalConfig) -> list[Example]:
-    """The first ``max_examples`` of the split: stable across epochs as the split only grows."""
-    return examples[: cfg.max_examples]
+    """Up to ``max_examples`` held-out records, shared out across record types.
+
+    Types take turns (in order of first appearance), each contributing its records in
+    arrival order. So a type's selection is a stable prefix of its records as the split
+    grows, and a pattern that arrives mid-run (the paper's injected style) is evaluated
+    from the first epoch it has held-out records, instead of queueing behind old ones.
+    """
+    by_type: dict[str, list[Example]] = {}
+    for ex in examples:
+        by_type.setdefault(ex.type, []).append(ex)
+    queues = list(by_type.values())
+    chosen: list[Example] = []
+    depth = 0
+    while len(chosen) < cfg.max_examples and any(depth < len(q) for q in queues):
+        for q in queues:
+            if depth < len(q) and len(chosen) < cfg.max_examples:
+                chosen.append(q[depth])
+        depth += 1
+    return chosen
 
 
 def evaluate(

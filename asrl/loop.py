@@ -1,7 +1,8 @@
 """``train(cfg)``: the controller. It reads like the algorithm; phases and schedules do the work.
 
 Each epoch: refresh the data -> for each phase the schedule names (ASRL: SFT then GRPO):
-run it, evaluate on held-out data -> checkpoint -> early-stop check.
+run it (a runner from asrl.phases.registry), evaluate on held-out data -> checkpoint ->
+early-stop check.
 """
 
 from __future__ import annotations
@@ -21,14 +22,13 @@ import torch
 from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
-from asrl.data.render import tokenize_all
 from asrl.data.sources import JsonlFile, open_source, write_synthetic
+from asrl.data.synthetic import generate_records
 from asrl.evaluation import evaluate
 from asrl.models import Policy, load_policy
-from asrl.phases.grpo import run_grpo_phase
-from asrl.phases.sft import run_sft_phase
+from asrl.phases.registry import PHASES, sft_grad_norm_probe
 from asrl.rewards import RewardSet
-from asrl.schedules import make_schedule
+from asrl.schedules import Schedule, make_schedule
 from asrl.tracking import MetricsLog, console, epoch_line, write_json
 from asrl.types import PhaseResult
 
@@ -86,10 +86,28 @@ class Run:
     metrics: MetricsLog
     optimizers: dict[str, torch.optim.Optimizer]
     stopper: EarlyStopping
+    schedule: Schedule
     ledger: dict[str, float] = field(default_factory=dict)
     data_sizes: list[dict[str, int]] = field(default_factory=list)
+    phase_counts: dict[tuple[int, str], int] = field(default_factory=dict)
+
+    def inject_data(self, epoch: int) -> None:
+        """Experiment aid (``data.inject``): append synthetic records as a writer would."""
+        inj = self.cfg.data.inject
+        if inj.at_epoch != epoch or inj.at_epoch <= 0:
+            return
+        path = Path(self.cfg.data.path)
+        if not isinstance(open_source(path), JsonlFile):
+            raise ConfigError("data.inject: needs data.path to be a JSONL file")
+        recs = generate_records(inj.count, seed=inj.seed, fmt=self.cfg.format.spec(), mix=inj.mix)
+        if recs and f'"{recs[0]["id"]}"' in path.read_text(encoding="utf-8"):
+            return  # already appended (a resumed run redoing this epoch)
+        with path.open("a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in recs)
+        console(f"data: injected {len(recs)} '{inj.mix}' records (data.inject)")
 
     def refresh_data(self, epoch: int) -> dict[str, Any]:
+        self.inject_data(epoch)
         res = self.dataset.refresh()
         sizes = self.dataset.sizes()
         rec = {
@@ -107,33 +125,14 @@ class Run:
         return self.metrics.log(epoch, "data", rec)
 
     def run_phase(self, phase: str, epoch: int) -> PhaseResult:
-        cfg, rng = self.cfg, random.Random(derived_seed(self.cfg.seed, epoch, phase))
-        desc = f"epoch {epoch} {phase}"
-        if phase == "sft":
-            data, dropped = tokenize_all(
-                self.policy.tokenizer,
-                self.dataset.train,
-                cfg.data.max_length,
-                cfg.data.system_prompt,
-            )
-            result = run_sft_phase(self.policy, data, cfg.sft, self.optimizers["sft"], rng, desc)
-            result.metrics["data/dropped_too_long"] = len(dropped)
-            if dropped:
-                console(f"sft: dropped {len(dropped)} example(s) over {cfg.data.max_length} tokens")
-        elif phase == "grpo":
-            result = run_grpo_phase(
-                self.policy,
-                self.dataset.train,
-                cfg.grpo,
-                self.rewards,
-                self.optimizers["grpo"],
-                rng,
-                derived_seed(cfg.seed, epoch, "rollout"),
-                cfg.data.system_prompt,
-                desc,
-            )
-        else:
-            raise ValueError(f"unknown phase {phase!r}")
+        if phase not in PHASES:
+            raise ValueError(f"unknown phase {phase!r}; known: {', '.join(PHASES)}")
+        # the n-th run of a phase within an epoch (adaptive may repeat one) gets its own seeds
+        n = self.phase_counts[(epoch, phase)] = self.phase_counts.get((epoch, phase), 0) + 1
+        again = () if n == 1 else (n,)
+        rng = random.Random(derived_seed(self.cfg.seed, epoch, phase, *again))
+        seed = derived_seed(self.cfg.seed, epoch, "rollout", *again)
+        result = PHASES[phase](self, epoch, rng, seed, f"epoch {epoch} {phase}")
         for key in ("examples_seen", "tokens_trained", "tokens_generated", "seconds"):
             self.ledger[key] = self.ledger.get(key, 0) + getattr(result, key)
         result.metrics.update(
@@ -146,6 +145,20 @@ class Run:
         )
         self.metrics.log(epoch, phase, result.metrics)
         return result
+
+    def probe_sft_grad_norm(self, epoch: int, slot: int) -> float:
+        """SFT gradient norm on one train batch, no step (the adaptive schedule's signal)."""
+        rng = random.Random(derived_seed(self.cfg.seed, epoch, "probe", slot))
+        norm, tokens = sft_grad_norm_probe(
+            self.policy,
+            self.dataset.train,
+            self.cfg.sft.batch_size,
+            self.cfg.data.max_length,
+            rng,
+            self.cfg.data.system_prompt,
+        )
+        self.ledger["probe_tokens"] = self.ledger.get("probe_tokens", 0) + tokens
+        return norm
 
     def evaluate(self, epoch: int, after: str) -> dict[str, Any]:
         cfg = self.cfg
@@ -177,6 +190,7 @@ class Run:
             "stopper": {"best": self.stopper.best, "bad_epochs": self.stopper.bad_epochs},
             "ledger": self.ledger,
             "data_sizes": self.data_sizes,
+            "schedule": self.schedule.state(),
         }
         save_checkpoint(
             self.out / "checkpoints",
@@ -282,6 +296,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         MetricsLog(out / "metrics.jsonl"),
         optimizers,
         stopper,
+        make_schedule(cfg.schedule, cfg.seed),
     )
     start_epoch = 0
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
@@ -293,6 +308,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         stopper.best = state["stopper"]["best"]
         stopper.bad_epochs = state["stopper"]["bad_epochs"]
         run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
+        run.schedule.restore(state.get("schedule", {}))
         start_epoch = state["epoch"]
         run.metrics.reload(after_epoch=start_epoch)
         console(f"resumed from {ckpt} (epoch {start_epoch} complete)")
@@ -302,7 +318,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     """Train with ``cfg.schedule.method``; returns the summary also written to summary.json."""
     run, start_epoch = build_run(cfg, resume)
-    schedule = make_schedule(cfg.schedule)
+    schedule = run.schedule
     console(
         f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
         f"autocast={run.policy.autocast_dtype} out={run.out}"
@@ -320,8 +336,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         t0 = time.perf_counter()
         data = run.refresh_data(epoch)
         evals = []
-        for phase in schedule.phases(epoch):
-            run.run_phase(phase, epoch)
+        for phase in schedule.phases(epoch, run):
+            schedule.observe(phase, run.run_phase(phase, epoch))
             evals.append(run.evaluate(epoch, after=phase))
         stopped = run.stopper.end_epoch()
         run.checkpoint(epoch)

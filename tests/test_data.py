@@ -88,3 +88,23 @@ def test_replay_until_cursor_rebuilds_the_same_dataset(tmp_path):
     ds2.refresh()
     assert [e.id for e in ds2.train] == [e.id for e in ds.train]
     assert ds2.refresh().new == 1  # the late record arrives at the next look, once
+
+
+def test_eval_selection_shares_slots_across_types_and_admits_new_patterns():
+    from asrl.config import EvalConfig
+    from asrl.evaluation import eval_examples
+    from asrl.types import Example
+
+    def ex(i, t):
+        return Example(f"{t}{i}", ({"role": "user", "content": "q"},), "a", None, t)
+
+    old = [ex(i, "simple") for i in range(30)] + [ex(i, "complex") for i in range(30)]
+    cfg = EvalConfig(max_examples=10)
+    first = eval_examples(old, cfg)
+    assert [e.id for e in first if e.type == "simple"] == [f"simple{i}" for i in range(5)]
+    grown = old + [ex(i, "new_pattern") for i in range(6)]  # a new style arrives at the end
+    second = eval_examples(grown, cfg)
+    assert len(second) == 10 and sum(e.type == "new_pattern" for e in second) >= 3
+    # an old type's selection stays a prefix of what it was: comparable across epochs
+    ids = [e.id for e in second if e.type == "simple"]
+    assert ids == [f"simple{i}" for i in range(len(ids))]

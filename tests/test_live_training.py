@@ -14,12 +14,12 @@ def test_training_absorbs_records_appended_by_a_writer_process(tmp_path):
     subprocess.run([*seed_cmd, "--count", "40"], check=True, timeout=60)
     # the writer keeps appending (a new pattern, like the paper's mid-run injection)
     writer = subprocess.Popen(
-        [*seed_cmd, "--rate", "20/s", "--count", "400", "--seed", "7", "--pattern", "percent"]
+        [*seed_cmd, "--rate", "20/s", "--count", "300", "--seed", "7", "--pattern", "percent"]
     )
     try:
         cfg = load_config(
             "configs/tiny.yaml",
-            [f"output_dir={tmp_path / 'out'}", f"data.path={data}", "schedule.epochs=4"],
+            [f"output_dir={tmp_path / 'out'}", f"data.path={data}", "schedule.epochs=3"],
         )
         train(cfg)
     finally:
@@ -32,7 +32,7 @@ def test_training_absorbs_records_appended_by_a_writer_process(tmp_path):
     assert sum(r["data/new_examples"] > 0 for r in data_lines[1:]) >= 2  # absorbed repeatedly
     assert all(r["data/rejected"] == 0 for r in data_lines)  # partial lines never parsed
     # every SFT phase trains on the whole train split as refreshed at the start of its epoch
-    for epoch in range(1, 5):
+    for epoch in range(1, 4):
         size = next(r["data/train_size"] for r in data_lines if r["epoch"] == epoch)
         sft = next(r for r in lines if r["phase"] == "sft" and r["epoch"] == epoch)
         assert sft["compute/examples_seen"] == size

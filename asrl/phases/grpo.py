@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -184,6 +185,20 @@ def _logps(policy: Policy, b: _Batch, temperature: float) -> torch.Tensor:
         )
 
 
+@dataclass
+class GRPOHooks:
+    """Extension points for hybrid methods (CHORD, ReLIFT); all optional.
+
+    ``loss_scale(k)`` multiplies the GRPO loss of optimizer step k; ``extra_backward(k)``
+    adds its own gradients before step k's optimizer step and returns metrics;
+    ``after_round(rollout)`` runs after the round's updates and returns metrics.
+    """
+
+    loss_scale: Callable[[int], float] | None = None
+    extra_backward: Callable[[int], dict[str, float]] | None = None
+    after_round: Callable[[Rollout], dict[str, float]] | None = None
+
+
 def run_grpo_phase(
     policy: Policy,
     train: list[Example],
@@ -194,6 +209,7 @@ def run_grpo_phase(
     seed: int,
     system_prompt: str | None = None,
     desc: str = "grpo",
+    hooks: GRPOHooks | None = None,
 ) -> PhaseResult:
     """Sample ``questions_per_epoch`` prompts, roll out, then ``steps_per_round`` updates.
 
@@ -201,6 +217,8 @@ def run_grpo_phase(
     (the paper's "slight decay during GRPO"); the loop resets it next epoch.
     """
     start = time.perf_counter()
+    hooks = hooks or GRPOHooks()
+    hook_metrics: dict[str, list[float]] = {}
     questions = rng.sample(train, min(cfg.questions_per_epoch, len(train)))
     # one bar for the phase: the rollout counts as a step (it is often half the time)
     bar = tqdm(
@@ -257,6 +275,7 @@ def run_grpo_phase(
         mbs = micro(step_idx)
         num_items = sum(len(ro.completion_ids[i]) for i in step_idx)
         step_loss = 0.0
+        scale = hooks.loss_scale(k) if hooks.loss_scale else 1.0
         for mb in mbs:
             b = batch_of(mb)
             logps = _logps(policy, b, cfg.temperature)
@@ -275,17 +294,24 @@ def run_grpo_phase(
             )
             if cfg.loss_type != "dapo":  # dapo is already normalised over the whole step
                 loss = loss / len(mbs)
+            loss = loss * scale
             loss.backward()
             step_loss += loss.item()
             tokens += int(b.attention_mask.sum())
             for key in stats_acc:
                 stats_acc[key] += st[key]
             n_mb += 1
+        if hooks.extra_backward:
+            for key, v in hooks.extra_backward(k).items():
+                hook_metrics.setdefault(key, []).append(v)
         clip_and_step(params, optimizer, cfg.max_grad_norm)
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")
     bar.close()
+    if hooks.after_round:
+        for key, v in hooks.after_round(ro).items():
+            hook_metrics.setdefault(key, []).append(v)
     seconds = time.perf_counter() - start
     r = torch.tensor(ro.rewards)
     grouped = r.view(-1, cfg.num_generations)
@@ -304,6 +330,8 @@ def run_grpo_phase(
     for name, vals in ro.components.items():
         got = [v for v in vals if v is not None]
         metrics[f"train/reward/{name}"] = sum(got) / len(got) if got else float("nan")
+    for key, vals in hook_metrics.items():  # hooks' metrics, averaged over the phase's calls
+        metrics[key] = sum(vals) / len(vals)
     return PhaseResult(
         "grpo",
         metrics,

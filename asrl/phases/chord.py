@@ -1,0 +1,118 @@
+"""CHORD-style blended loss: L = (1 - mu) * L_GRPO + mu * L_SFT at every GRPO step.
+
+The pure pieces (``chord_mu``, ``chord_phi``) are unit-tested with hand-computed numbers;
+``run_chord_phase`` wires them into the GRPO runner through its hooks: each GRPO optimizer
+step scales the GRPO loss by (1 - mu) and adds mu times the SFT loss of a micro-batch of
+expert (reference) responses drawn from the train split, then takes one step with the GRPO
+optimizer (one optimizer for the blended objective, as in CHORD).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+
+from asrl.config import GRPOConfig, ScheduleConfig
+from asrl.data.render import IGNORE, collate, tokenize_all
+from asrl.models import Policy
+from asrl.phases.grpo import GRPOHooks, run_grpo_phase
+from asrl.phases.sft import _forward_loss
+from asrl.rewards import RewardSet
+from asrl.types import Example, PhaseResult
+
+
+def chord_mu(
+    step: int, mu_peak: float, mu_valley: float, warmup_steps: int, decay_steps: int
+) -> float:
+    """mu at global GRPO step ``step`` (from 0): linear 0 -> mu_peak over ``warmup_steps``,
+    then cosine from mu_peak down to mu_valley over ``decay_steps``, then mu_valley."""
+    if step < warmup_steps:
+        return mu_peak * step / warmup_steps
+    t = 1.0 if decay_steps == 0 else min(step - warmup_steps, decay_steps) / decay_steps
+    return mu_valley + (mu_peak - mu_valley) * 0.5 * (1.0 + math.cos(math.pi * t))
+
+
+def chord_phi(token_logps: torch.Tensor) -> torch.Tensor:
+    """Token weight phi = p (1 - p), p = exp(logp), detached: (N,) -> (N,).
+
+    Down-weights tokens the policy already predicts (p ~ 1) and ones far off-policy (p ~ 0).
+    """
+    p = token_logps.detach().exp()
+    return p * (1.0 - p)
+
+
+def phi_sft_loss(policy: Policy, batch: dict[str, torch.Tensor], num_items: int) -> torch.Tensor:
+    """SFT loss with each response token's cross-entropy weighted by ``chord_phi``."""
+    batch = {k: v.to(policy.device) for k, v in batch.items()}
+    causal_lm = policy.model.get_base_model()
+    with policy.autocast():
+        hidden = causal_lm.get_decoder()(
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+        ).last_hidden_state  # (B, T, H)
+        targets = batch["labels"][:, 1:]  # (B, T-1)
+        keep = targets != IGNORE
+        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+    ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
+    return (chord_phi(-ce) * ce).sum() / max(int(num_items), 1)
+
+
+def run_chord_phase(
+    policy: Policy,
+    train: list[Example],
+    cfg: GRPOConfig,
+    sched: ScheduleConfig,
+    rewards: RewardSet,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    seed: int,
+    step0: int,
+    max_length: int,
+    system_prompt: str | None = None,
+    desc: str = "chord",
+) -> PhaseResult:
+    """One GRPO round whose every optimizer step k uses mu = chord_mu(step0 + k, ...).
+
+    A weight of exactly 0 skips that side's backward pass (mu_valley = 0 costs no SFT).
+    The expert micro-batches come from their own RNG (from ``seed``) so the GRPO side sees
+    exactly what ``run_grpo_phase`` would with the same ``rng`` and ``seed``.
+    """
+    sft_rng = random.Random(f"{seed}:chord-sft")
+    pad = policy.tokenizer.pad_token_id
+    counts = {"examples": 0, "tokens": 0}
+
+    def mu(k: int) -> float:
+        return chord_mu(
+            step0 + k,
+            sched.chord_mu_peak,
+            sched.chord_mu_valley,
+            sched.chord_warmup_steps,
+            sched.chord_decay_steps,
+        )
+
+    def sft_backward(k: int) -> dict[str, float]:
+        m = mu(k)
+        if m == 0.0:
+            return {"train/chord_mu": 0.0}
+        chosen = sft_rng.sample(train, min(sched.chord_sft_batch_size, len(train)))
+        data, _ = tokenize_all(policy.tokenizer, chosen, max_length, system_prompt)
+        if not data:
+            return {"train/chord_mu": m}
+        batch = collate(data, pad)
+        n = sum(t.n_response for t in data)
+        loss = (phi_sft_loss if sched.chord_phi else _forward_loss)(policy, batch, n)
+        (m * loss).backward()
+        counts["examples"] += len(data)
+        counts["tokens"] += int(batch["attention_mask"].sum())
+        return {"train/chord_mu": m, "train/chord_sft_loss": loss.item()}
+
+    hooks = GRPOHooks(loss_scale=lambda k: 1.0 - mu(k), extra_backward=sft_backward)
+    result = run_grpo_phase(
+        policy, train, cfg, rewards, optimizer, rng, seed, system_prompt, desc, hooks
+    )
+    result.phase = "chord"
+    result.examples_seen += counts["examples"]
+    result.tokens_trained += counts["tokens"]
+    return result

@@ -1,0 +1,125 @@
+"""ReLIFT-style GRPO: learn by imitation exactly where reinforcement has nothing to learn from.
+
+A prompt whose rollouts all fail (correctness component <= 0, or missing, for every
+completion of its group) gives GRPO zero advantage everywhere. Such prompts are buffered
+with their reference responses; once the buffer holds ``schedule.relift_buffer`` examples,
+one SFT step (the SFT optimizer, at ``sft.lr``) is taken on the buffer, after the round's
+GRPO updates, and the buffer is cleared. The buffer survives resume through the schedule's
+``state()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Any
+
+import torch
+
+from asrl.config import GRPOConfig, SFTConfig
+from asrl.data.render import collate, tokenize_all
+from asrl.models import Policy
+from asrl.phases.common import clip_and_step, set_lr
+from asrl.phases.grpo import GRPOHooks, run_grpo_phase
+from asrl.phases.sft import _forward_loss
+from asrl.rewards import RewardSet
+from asrl.types import Example, PhaseResult, Rollout
+
+
+def all_fail_groups(ro: Rollout, group_size: int) -> list[Example]:
+    """The prompts (one Example per group) none of whose completions was correct."""
+    scores = ro.components.get("correctness")
+    if scores is None:  # no correctness reward configured: fall back to the total
+        scores = ro.rewards
+    out = []
+    for g in range(0, len(ro.examples), group_size):
+        group = scores[g : g + group_size]
+        if all(s is None or s <= 0 for s in group):
+            out.append(ro.examples[g])
+    return out
+
+
+@dataclasses.dataclass
+class ReliftBuffer:
+    capacity: int
+    examples: list[Example] = dataclasses.field(default_factory=list)
+    sft_steps: int = 0  # over the whole run
+
+    def add(self, examples: list[Example]) -> int:
+        have = {e.id for e in self.examples}
+        new = [e for e in examples if e.id not in have]
+        self.examples.extend(new)
+        return len(new)
+
+    def full(self) -> bool:
+        return len(self.examples) >= self.capacity
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "examples": [dataclasses.asdict(e) for e in self.examples],
+            "sft_steps": self.sft_steps,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.examples = [
+            Example(**{**d, "messages": tuple(d["messages"])}) for d in state.get("examples", [])
+        ]
+        self.sft_steps = state.get("sft_steps", 0)
+
+
+def run_relift_phase(
+    policy: Policy,
+    train: list[Example],
+    cfg: GRPOConfig,
+    sft_cfg: SFTConfig,
+    rewards: RewardSet,
+    optimizers: dict[str, torch.optim.Optimizer],
+    buffer: ReliftBuffer,
+    rng: random.Random,
+    seed: int,
+    max_length: int,
+    system_prompt: str | None = None,
+    desc: str = "relift",
+) -> PhaseResult:
+    counts = {"examples": 0, "tokens": 0, "steps": 0}
+
+    def after_round(ro: Rollout) -> dict[str, float]:
+        added = buffer.add(all_fail_groups(ro, cfg.num_generations))
+        metrics = {"relift/added": float(added)}
+        if buffer.full():
+            data, _ = tokenize_all(policy.tokenizer, buffer.examples, max_length, system_prompt)
+            if data:
+                policy.model.train()
+                set_lr(optimizers["sft"], sft_cfg.lr)
+                batch = collate(data, policy.tokenizer.pad_token_id)
+                loss = _forward_loss(policy, batch, sum(t.n_response for t in data))
+                loss.backward()
+                params = policy.trainable_parameters()
+                clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm)
+                metrics["relift/sft_loss"] = loss.item()
+                counts["examples"] += len(data)
+                counts["tokens"] += int(batch["attention_mask"].sum())
+                counts["steps"] += 1
+                buffer.sft_steps += 1
+            buffer.examples.clear()
+        metrics["relift/buffer_size"] = float(len(buffer.examples))
+        metrics["relift/sft_steps"] = float(counts["steps"])
+        metrics["relift/sft_steps_total"] = float(buffer.sft_steps)
+        return metrics
+
+    result = run_grpo_phase(
+        policy,
+        train,
+        cfg,
+        rewards,
+        optimizers["grpo"],
+        rng,
+        seed,
+        system_prompt,
+        desc,
+        GRPOHooks(after_round=after_round),
+    )
+    result.phase = "relift"
+    result.examples_seen += counts["examples"]
+    result.tokens_trained += counts["tokens"]
+    return result

@@ -1,0 +1,83 @@
+"""asrl compare on tiny runs: report, results with p-values, curves; a rerun skips finished runs."""
+
+import json
+import math
+
+from asrl.cli import main
+from asrl.experiments.report import build_results, welch_p
+
+FAST = [
+    "schedule.epochs=2",
+    "data.generate.count=24",
+    "sft.max_examples_per_phase=4",
+    "grpo.questions_per_epoch=1",
+    "grpo.num_generations=2",
+    "grpo.max_new_tokens=6",
+    "eval.max_examples=2",
+    "eval.max_new_tokens=6",
+]
+
+
+def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    argv = ["compare", "-c", "configs/tiny.yaml", "--methods", "asrl,sft", "--seeds", "2"]
+    argv += ["-o", str(out), "--set", f"data.path={tmp_path / 'none.jsonl'}"]
+    for o in FAST:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    first = capsys.readouterr().out
+    assert "run 1/4 asrl seed 0" in first and "run 4/4 sft seed 1" in first
+    for run in ("asrl-s0", "asrl-s1", "sft-s0", "sft-s1"):
+        assert (out / "runs" / run / "summary.json").is_file()
+        assert (out / "runs" / run / "data.jsonl").is_file()  # its own copy of the data
+    report = (out / "report.md").read_text()
+    assert "| asrl |" in report and "| sft |" in report and "asrl compare" in report
+    results = json.loads((out / "results.json").read_text())["methods"]
+    assert set(results) == {"asrl", "sft"}
+    for r in results.values():
+        assert set(r["p_vs_asrl"]) == {"format_accuracy", "correctness"}
+        assert [p["epoch"] for p in r["per_epoch"]["format_accuracy"]] == [0, 1, 2]
+        assert r["compute"]["tokens_trained"]["mean"] > 0
+    assert results["sft"]["compute"]["tokens_generated"]["mean"] == 0  # sft only evaluates
+    png = (out / "curves.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
+
+    assert main(argv) == 0
+    again = capsys.readouterr().out
+    assert again.count("skipped") == 4 and "starting" not in again
+
+
+def _fake_run(tmp_path, method, seed, fmt, cor):
+    d = tmp_path / f"{method}-{seed}"
+    d.mkdir()
+    lines = [
+        {"epoch": 0, "phase": "eval", "eval/format_accuracy": 0.0, "eval/correctness": 0.0},
+        {"epoch": 1, "phase": "eval", "eval/format_accuracy": fmt / 2, "eval/correctness": 0.0},
+        {"epoch": 1, "phase": "eval", "eval/format_accuracy": fmt, "eval/correctness": cor},
+    ]
+    (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    final = {"eval/format_accuracy": fmt, "eval/correctness": cor}
+    summary = {"final": final, "epochs_to_format_90": 1 if fmt >= 0.9 else None, "compute": {}}
+    (d / "summary.json").write_text(json.dumps(summary))
+    return {"method": method, "seed": seed, "dir": str(d)}
+
+
+def test_results_statistics(tmp_path):
+    runs = [
+        _fake_run(tmp_path, "asrl", 0, 0.9, 0.5),
+        _fake_run(tmp_path, "asrl", 1, 1.0, 0.7),
+        _fake_run(tmp_path, "sft", 0, 0.5, 0.1),
+        _fake_run(tmp_path, "sft", 1, 0.7, 0.1),
+    ]
+    res = build_results(runs)
+    # the last eval of each epoch counts: epoch 1 format = mean(0.9, 1.0) = 0.95, std 0.05
+    ep1 = res["asrl"]["per_epoch"]["format_accuracy"][1]
+    assert ep1["epoch"] == 1 and math.isclose(ep1["mean"], 0.95) and math.isclose(ep1["std"], 0.05)
+    assert res["asrl"]["epochs_to_format_90"] == {"mean": 1.0, "reached": 2, "of": 2}
+    assert res["sft"]["epochs_to_format_90"]["reached"] == 0
+    # Welch: means 0.95 vs 0.6, sample vars 0.005 and 0.02: t = 0.35 / sqrt(0.0125) = 3.13,
+    # df = 0.0125^2 / (0.0025^2 + 0.01^2) = 1.47 -> p ~ 0.13 (scipy's value, checked here)
+    p = res["sft"]["p_vs_asrl"]["format_accuracy"]
+    assert 0.05 < p < 0.25 and math.isclose(p, welch_p([0.5, 0.7], [0.9, 1.0]))
+    assert math.isnan(res["asrl"]["p_vs_asrl"]["format_accuracy"])
+    assert math.isnan(welch_p([0.5], [0.9, 1.0]))
