@@ -51,7 +51,10 @@ def save_checkpoint(
     root.mkdir(parents=True, exist_ok=True)
     final = root / name
     tmp = root / f".{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
+    # a run killed mid-save leaves its temp dir behind (never read: latest_checkpoint skips
+    # dot-prefixed names); clear every such leftover, not only this epoch's
+    for stale in root.glob(".*.tmp"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp.mkdir()
     policy.model.save_pretrained(tmp, safe_serialization=True)
     torch.save({k: o.state_dict() for k, o in optimizers.items()}, tmp / "optimizer.pt")
@@ -69,6 +72,8 @@ def latest_checkpoint(root: str | Path) -> Path | None:
     root = Path(root)
     if not root.is_dir():
         return None
+    # state.json is written last, so a directory without it is incomplete; temp dirs start
+    # with a dot and are never chosen
     done = sorted(p for p in root.iterdir() if (p / "state.json").is_file() and p.name[0] != ".")
     return done[-1] if done else None
 

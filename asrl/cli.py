@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 
+from asrl import export, plots
 from asrl.config import ConfigError, load_config
 from asrl.data import commands as data_commands
 from asrl.experiments import compare
@@ -16,9 +18,27 @@ def _train(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"output_dir={args.output}")
     cfg = load_config(args.config, overrides)
+    from asrl.interrupt import Interrupted
     from asrl.loop import train  # heavy imports (torch, transformers) only once args are valid
+    from asrl.phases.common import TrainingDiverged
+    from asrl.rewards import RewardError
 
-    train(cfg, resume=args.resume)
+    again = shlex.join(
+        ["asrl", "train", "-c", args.config, "-o", cfg.output_dir]
+        + [a for o in args.set or [] for a in ("--set", o)]
+        + ["--resume"]
+    )
+    try:
+        train(cfg, resume=args.resume)
+    except Interrupted as e:
+        print(f"asrl: interrupted ({e}); resume with: {again}", file=sys.stderr)
+        return e.exit_code
+    except TrainingDiverged as e:
+        print(f"asrl: training diverged: {e}. Resume with: {again}", file=sys.stderr)
+        return 3
+    except RewardError as e:
+        print(f"asrl: reward error: {e}. Resume with: {again}", file=sys.stderr)
+        return 3
     return 0
 
 
@@ -40,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=_train)
     data_commands.register(sub)
     compare.register(sub)
+    export.register(sub)
+    plots.register(sub)
     return parser
 
 

@@ -142,6 +142,20 @@ class RewardConfig:
     format_weight: float = 0.15
     correctness_weight: float = 0.85
     custom: list[RewardFunctionConfig] = field(default_factory=list)
+    # A reward function that raises: "stop" (default) ends the run naming the function and
+    # the example; "skip" records None for that function on that batch (never a silent 0)
+    # and counts it (train/reward_errors), stopping after max_errors in the run.
+    on_error: str = "stop"
+    max_errors: int = 10
+
+
+@dataclass
+class TrainConfig:
+    """Safety limits shared by every phase."""
+
+    # optimizer steps with a NaN/inf loss or gradient are skipped; this many in a row
+    # means training diverged and the run stops (the last epoch checkpoint stays good)
+    max_bad_steps_in_row: int = 5
 
 
 @dataclass
@@ -198,6 +212,7 @@ class Config:
     sft: SFTConfig = field(default_factory=SFTConfig)
     grpo: GRPOConfig = field(default_factory=GRPOConfig)
     reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -375,8 +390,9 @@ def validate(cfg: Config) -> None:
         "checkpoint.every",
         "use epoch, phase or none",
     )
-    for i, r in enumerate(cfg.reward.custom):
-        _require(":" in r.path, f"reward.custom[{i}].path", "write it as 'package.module:function'")
+    _validate_rewards(cfg.reward)
+    _require(cfg.train.max_bad_steps_in_row >= 1, "train.max_bad_steps_in_row", "must be >= 1")
+    _validate_model_path(cfg.model.name)
     from asrl.schedules import SCHEDULES  # late import: schedules import config types
 
     _require(
@@ -410,3 +426,40 @@ def _validate_inject(inj: InjectConfig) -> None:
     _require(inj.at_epoch >= 0, "data.inject.at_epoch", "must be >= 0 (0: off)")
     _require(inj.count >= 0, "data.inject.count", "must be >= 0")
     _require(inj.mix in MIXES, "data.inject.mix", f"use one of {', '.join(sorted(MIXES))}")
+
+
+def _validate_rewards(r: RewardConfig) -> None:
+    _require(r.on_error in ("stop", "skip"), "reward.on_error", "use stop or skip")
+    _require(r.max_errors >= 1, "reward.max_errors", "must be >= 1")
+    from asrl.rewards import import_reward  # late import: rewards import config types
+
+    for i, c in enumerate(r.custom):
+        _require(":" in c.path, f"reward.custom[{i}].path", "write it as 'package.module:function'")
+        # import now, before the model loads: a typo should cost seconds, not a model load.
+        # Only modules named in the config are imported; nothing in the data is ever run.
+        try:
+            import_reward(c.path)
+        except ConfigError as e:
+            raise ConfigError(f"reward.custom[{i}].path: {str(e).split(': ', 1)[1]}") from e
+
+
+def _validate_model_path(name: str) -> None:
+    """A name that is clearly a local path (or a .gguf file) must exist.
+
+    A hub id looks like ``org/name``; absolute, ``./``, ``../``, ``~`` and deeper paths are
+    local, and from_pretrained would fail on them only after seconds of imports and with a
+    message about the hub.
+    """
+    if name.endswith(".gguf"):
+        path = Path(name).expanduser()
+        _require(path.is_file(), "model.name", f"GGUF file not found: {path}")
+        return
+    local = name.startswith(("/", "./", "../", "~")) or name.count("/") > 1
+    if local:
+        path = Path(name).expanduser()
+        _require(
+            path.is_dir(),
+            "model.name",
+            f"model directory not found: {path} (give a directory holding config.json, "
+            "a .gguf file, a hub id already in the local cache, or smollm2-135m)",
+        )

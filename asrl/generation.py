@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from asrl.models import Policy
+from asrl.phases.common import TrainingDiverged
 
 
 @torch.inference_mode()
@@ -49,14 +50,24 @@ def generate(
                     if greedy
                     else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
                 )
-                seqs = policy.model.generate(
-                    input_ids=ids.to(policy.device),
-                    attention_mask=attn.to(policy.device),
-                    max_new_tokens=max_new_tokens,
-                    pad_token_id=pad,
-                    eos_token_id=eos,
-                    **sampling,
-                )
+                try:
+                    seqs = policy.model.generate(
+                        input_ids=ids.to(policy.device),
+                        attention_mask=attn.to(policy.device),
+                        max_new_tokens=max_new_tokens,
+                        pad_token_id=pad,
+                        eos_token_id=eos,
+                        **sampling,
+                    )
+                except RuntimeError as e:
+                    # torch.multinomial's complaint when the weights have gone NaN/inf: say
+                    # what it means instead of a sampling internals traceback
+                    if "probability tensor contains" not in str(e):
+                        raise
+                    raise TrainingDiverged(
+                        "generation: the model's next-token probabilities are NaN/inf (the "
+                        "weights have diverged); try a lower learning rate"
+                    ) from e
                 for row in seqs[:, width:].tolist():
                     if eos in row:
                         row = row[: row.index(eos) + 1]

@@ -25,11 +25,14 @@ from asrl.data.live import LiveDataset
 from asrl.data.sources import JsonlFile, open_source, write_synthetic
 from asrl.data.synthetic import generate_records
 from asrl.evaluation import evaluate
+from asrl.interrupt import Interrupted, graceful_stop
+from asrl.interrupt import check as check_interrupt
 from asrl.models import Policy, load_policy
+from asrl.phases.common import StepGuard, TrainingDiverged, guarded_steps
 from asrl.phases.registry import PHASES, sft_grad_norm_probe
-from asrl.rewards import RewardSet
+from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
-from asrl.tracking import MetricsLog, console, epoch_line, write_json
+from asrl.tracking import MetricsLog, console, epoch_line, read_jsonl, rewrite_jsonl, write_json
 from asrl.types import PhaseResult
 
 log = logging.getLogger(__name__)
@@ -90,6 +93,7 @@ class Run:
     ledger: dict[str, float] = field(default_factory=dict)
     data_sizes: list[dict[str, int]] = field(default_factory=list)
     phase_counts: dict[tuple[int, str], int] = field(default_factory=dict)
+    guard: StepGuard = field(default_factory=StepGuard)  # non-finite steps, across phases
 
     def inject_data(self, epoch: int) -> None:
         """Experiment aid (``data.inject``): append synthetic records as a writer would."""
@@ -132,7 +136,16 @@ class Run:
         again = () if n == 1 else (n,)
         rng = random.Random(derived_seed(self.cfg.seed, epoch, phase, *again))
         seed = derived_seed(self.cfg.seed, epoch, "rollout", *again)
-        result = PHASES[phase](self, epoch, rng, seed, f"epoch {epoch} {phase}")
+        check_interrupt()
+        self.guard.phase = phase
+        skipped, reward_errors = self.guard.skipped, self.rewards.errors
+        with guarded_steps(self.guard):
+            result = PHASES[phase](self, epoch, rng, seed, f"epoch {epoch} {phase}")
+        result.metrics["train/skipped_steps"] = self.guard.skipped - skipped
+        if phase != "sft":  # the phases that score rollouts
+            result.metrics["train/reward_errors"] = self.rewards.errors - reward_errors
+        if self.guard.skipped > skipped:
+            console(f"{phase}: skipped {self.guard.skipped - skipped} non-finite step(s)")
         for key in ("examples_seen", "tokens_trained", "tokens_generated", "seconds"):
             self.ledger[key] = self.ledger.get(key, 0) + getattr(result, key)
         result.metrics.update(
@@ -297,6 +310,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         optimizers,
         stopper,
         make_schedule(cfg.schedule, cfg.seed),
+        guard=StepGuard(cfg.train.max_bad_steps_in_row),
     )
     start_epoch = 0
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None
@@ -310,14 +324,43 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
         run.schedule.restore(state.get("schedule", {}))
         start_epoch = state["epoch"]
-        run.metrics.reload(after_epoch=start_epoch)
         console(f"resumed from {ckpt} (epoch {start_epoch} complete)")
+    elif resume:
+        console(f"resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
+    if resume:
+        # drop what an interrupted epoch logged: it is redone, and logged once
+        run.metrics.reload(after_epoch=start_epoch if ckpt is not None else -1)
+        samples = out / "samples.jsonl"
+        if samples.exists():
+            kept = [s for s in read_jsonl(samples) if s.get("epoch", 0) <= start_epoch]
+            rewrite_jsonl(samples, kept if ckpt is not None else [])
     return run, start_epoch
 
 
 def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
-    """Train with ``cfg.schedule.method``; returns the summary also written to summary.json."""
-    run, start_epoch = build_run(cfg, resume)
+    """Train with ``cfg.schedule.method``; returns the summary also written to summary.json.
+
+    Raises :class:`Interrupted` after SIGTERM / Ctrl-C (at the next optimizer step or phase
+    boundary), :class:`TrainingDiverged` or :class:`RewardError`; each message names the
+    last complete epoch checkpoint, which ``--resume`` continues from.
+    """
+    with graceful_stop():
+        run, start_epoch = build_run(cfg, resume)
+        try:
+            return _train(run, start_epoch)
+        except (Interrupted, TrainingDiverged, RewardError) as e:
+            ckpt = latest_checkpoint(run.out / "checkpoints")
+            saved = (
+                f"the last complete epoch is kept in {ckpt}"
+                if ckpt
+                else "no epoch had completed, so no checkpoint exists yet"
+            )
+            e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
+            raise
+
+
+def _train(run: Run, start_epoch: int) -> dict[str, Any]:
+    cfg = run.cfg
     schedule = run.schedule
     console(
         f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
@@ -333,6 +376,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         console(epoch_line(0, [e0], data, e0.get("time/eval_s", 0.0)))
     epoch, stopped = start_epoch, False
     for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
+        check_interrupt()
         t0 = time.perf_counter()
         data = run.refresh_data(epoch)
         evals = []

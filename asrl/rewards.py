@@ -16,7 +16,9 @@ no thinking block (the paper's "some without thinking") are rewarded for *not* u
 from __future__ import annotations
 
 import importlib
+import logging
 import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from asrl.data.format import ThinkingFormat
 from asrl.types import Example
 
 RewardFn = Callable[..., list[float | None]]
+log = logging.getLogger(__name__)
 
 
 def normalize_answer(text: str) -> str:
@@ -101,8 +104,13 @@ class WeightedReward:
 class RewardSet:
     """A weighted sum of reward functions; ``score`` returns totals and per-function values."""
 
-    def __init__(self, parts: list[WeightedReward]) -> None:
+    def __init__(
+        self, parts: list[WeightedReward], on_error: str = "stop", max_errors: int = 10
+    ) -> None:
         self.parts = parts
+        self.on_error = on_error
+        self.max_errors = max_errors
+        self.errors = 0  # failed calls so far in this process (on_error: skip)
 
     @classmethod
     def from_config(cls, cfg: RewardConfig, fmt: ThinkingFormat) -> RewardSet:
@@ -113,7 +121,7 @@ class RewardSet:
         for c in cfg.custom:
             fn = import_reward(c.path)
             parts.append(WeightedReward(getattr(fn, "__name__", c.path), fn, c.weight))
-        return cls([p for p in parts if p.weight != 0])
+        return cls([p for p in parts if p.weight != 0], cfg.on_error, cfg.max_errors)
 
     def score(
         self, examples: list[Example], completions: list[str]
@@ -128,14 +136,54 @@ class RewardSet:
         components: dict[str, list[float | None]] = {}
         totals = [0.0] * len(completions)
         for part in self.parts:
-            values = part.fn(prompts=prompts, completions=completions, **columns)
-            if len(values) != len(completions):
-                raise ValueError(
-                    f"reward '{part.name}' returned {len(values)} values for "
-                    f"{len(completions)} completions"
-                )
+            try:
+                fn_values = part.fn(prompts=prompts, completions=completions, **columns)
+                values = _checked(fn_values, len(completions))
+            except Exception as e:
+                values = self._failed(part, e, examples)
             components[part.name] = values
             for i, v in enumerate(values):
                 if v is not None:
-                    totals[i] += part.weight * float(v)
+                    totals[i] += part.weight * v
         return totals, components
+
+    def _failed(
+        self, part: WeightedReward, err: Exception, examples: list[Example]
+    ) -> list[float | None]:
+        """Stop with a message naming the function and the batch, or record None for it."""
+        first = examples[0] if examples else None
+        where = (
+            f"on a batch of {len(examples)} (first example id {first.id!r}, prompt "
+            f"{first.prompt_text[:80]!r})"
+            if first
+            else "on an empty batch"
+        )
+        msg = f"reward function '{part.name}' failed {where}: {type(err).__name__}: {err}"
+        if self.on_error == "stop":
+            raise RewardError(f"{msg}. Fix it, or set reward.on_error: skip") from err
+        self.errors += 1
+        if self.errors > self.max_errors:
+            raise RewardError(
+                f"{msg}. That is {self.errors} reward errors in this run, over "
+                f"reward.max_errors={self.max_errors}; fix the function"
+            ) from err
+        log.warning("%s; its values are None for this batch (reward.on_error: skip)", msg)
+        return [None] * len(examples)
+
+
+class RewardError(RuntimeError):
+    """A reward function raised or returned something unusable; the message names it."""
+
+
+def _checked(values: object, n: int) -> list[float | None]:
+    """The function's values as floats or None; anything else is an error, never a 0."""
+    if not isinstance(values, (list, tuple)):
+        raise TypeError(f"returned {type(values).__name__}, not a list")
+    if len(values) != n:
+        raise ValueError(f"returned {len(values)} values for {n} completions")
+    out: list[float | None] = []
+    for v in values:
+        if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Real)):
+            raise TypeError(f"returned a {type(v).__name__} value {v!r}, not a number or None")
+        out.append(None if v is None else float(v))
+    return out

@@ -38,14 +38,32 @@ class MetricsLog:
         """On resume: keep lines up to the checkpointed epoch, drop an interrupted epoch's."""
         if not self.path.exists():
             return
-        lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-        self.records = [r for r in lines if r["epoch"] <= after_epoch]
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
-        tmp.write_text("".join(json.dumps(r) + "\n" for r in self.records))
-        tmp.replace(self.path)
+        self.records = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= after_epoch]
+        rewrite_jsonl(self.path, self.records)
 
     def evals(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["phase"] == "eval"]
+
+
+def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
+    """Objects of a JSONL file; a line cut short by a killed writer (the last one) is skipped."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(obj, dict):
+            out.append(obj)
+    return out
+
+
+def rewrite_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
+    """Replace a JSONL file atomically (temp file, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    tmp.replace(path)
 
 
 def console(message: str) -> None:

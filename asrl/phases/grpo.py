@@ -304,7 +304,7 @@ def run_grpo_phase(
         if hooks.extra_backward:
             for key, v in hooks.extra_backward(k).items():
                 hook_metrics.setdefault(key, []).append(v)
-        clip_and_step(params, optimizer, cfg.max_grad_norm)
+        clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss)
         losses.append(step_loss)
         bar.update(1)
         bar.set_postfix(loss=f"{step_loss:.3f}")

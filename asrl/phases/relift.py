@@ -95,7 +95,7 @@ def run_relift_phase(
                 loss = _forward_loss(policy, batch, sum(t.n_response for t in data))
                 loss.backward()
                 params = policy.trainable_parameters()
-                clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm)
+                clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm, loss.item())
                 metrics["relift/sft_loss"] = loss.item()
                 counts["examples"] += len(data)
                 counts["tokens"] += int(batch["attention_mask"].sum())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
 
@@ -76,6 +77,11 @@ def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16)
     return total / max(count, 1)
 
 
+def _finite_mean(values: list[float]) -> float:
+    good = [v for v in values if math.isfinite(v)]
+    return sum(good) / len(good) if good else float("nan")
+
+
 def run_sft_phase(
     policy: Policy,
     data: list[Tokenized],
@@ -105,13 +111,13 @@ def run_sft_phase(
             loss.backward()
             step_loss += loss.item()
             tokens += int(batch["attention_mask"].sum())
-        norms.append(clip_and_step(params, optimizer, cfg.max_grad_norm))
+        norms.append(clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss))
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}")
     seconds = time.perf_counter() - start
     metrics = {
-        "train/sft_loss": sum(losses) / max(len(losses), 1),
-        "train/sft_grad_norm": sum(norms) / max(len(norms), 1),
+        "train/sft_loss": _finite_mean(losses),
+        "train/sft_grad_norm": _finite_mean(norms),  # skipped (NaN) steps left out
         "train/lr": cfg.lr,
         "perf/tokens_per_s": tokens / max(seconds, 1e-9),
     }

@@ -1,0 +1,57 @@
+"""Graceful stop on SIGTERM / Ctrl-C: finish the optimizer step in flight, then stop.
+
+Why no new checkpoint: resume works from *epoch* checkpoints only. A mid-epoch state would
+also need the phase's data order, the rollouts in hand and the LR position. So a stop drops
+the partial epoch; ``--resume`` redoes it from the last complete epoch checkpoint, exactly
+as an uninterrupted run would have (seeds derive from (seed, epoch, phase); the metrics of
+the partial epoch are dropped on resume). A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+_requested: int | None = None  # the signal number received, once one has been
+
+
+class Interrupted(Exception):
+    """Raised at the next safe point (after an optimizer step, between phases)."""
+
+    def __init__(self, signum: int, message: str = "interrupted") -> None:
+        super().__init__(message)
+        self.signum = signum
+        self.exit_code = 128 + signum  # the shell's convention: 130 Ctrl-C, 143 SIGTERM
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    global _requested
+    if _requested is not None:
+        raise KeyboardInterrupt  # second signal: the user means now
+    _requested = signum
+
+
+def check() -> None:
+    """Raise :class:`Interrupted` if a stop was asked for; call it at safe points only."""
+    if _requested is not None:
+        raise Interrupted(_requested)
+
+
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Install the SIGINT/SIGTERM handlers for the duration (main thread only)."""
+    global _requested
+    _requested = None
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can only be set from the main thread
+        return
+    old = {s: signal.signal(s, _on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+        _requested = None
