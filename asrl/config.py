@@ -154,7 +154,7 @@ class TrainConfig:
     """Safety limits shared by every phase."""
 
     # optimizer steps with a NaN/inf loss or gradient are skipped; this many in a row
-    # means training diverged and the run stops (the last epoch checkpoint stays good)
+    # means training diverged and the run stops (the last checkpoint stays good)
     max_bad_steps_in_row: int = 5
 
 
@@ -199,7 +199,9 @@ class ScheduleConfig:
 @dataclass
 class CheckpointConfig:
     keep_last: int = 2
-    every: str = "epoch"  # epoch | phase | none
+    # phase: after every phase (a crash costs at most the phase in flight); epoch: at epoch
+    # ends only; none. The adaptive schedule decides phases lazily and saves at epoch ends.
+    every: str = "phase"  # phase | epoch | none
 
 
 @dataclass

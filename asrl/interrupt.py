@@ -1,10 +1,11 @@
 """Graceful stop on SIGTERM / Ctrl-C: finish the optimizer step in flight, then stop.
 
-Why no new checkpoint: resume works from *epoch* checkpoints only. A mid-epoch state would
-also need the phase's data order, the rollouts in hand and the LR position. So a stop drops
-the partial epoch; ``--resume`` redoes it from the last complete epoch checkpoint, exactly
-as an uninterrupted run would have (seeds derive from (seed, epoch, phase); the metrics of
-the partial epoch are dropped on resume). A second signal stops at once.
+Why no new checkpoint here: checkpoints are taken at phase boundaries (``checkpoint.every:
+phase``); a state in the middle of a phase would also need the phase's data order, the
+rollouts in hand and the LR position. So a stop drops the phase in flight; ``--resume``
+redoes it from the last phase-boundary checkpoint, exactly as an uninterrupted run would
+have (seeds derive from (seed, epoch, phase); what was logged after the checkpoint is
+dropped on resume). A second signal stops at once.
 """
 
 from __future__ import annotations

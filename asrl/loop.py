@@ -94,6 +94,8 @@ class Run:
     data_sizes: list[dict[str, int]] = field(default_factory=list)
     phase_counts: dict[tuple[int, str], int] = field(default_factory=dict)
     guard: StepGuard = field(default_factory=StepGuard)  # non-finite steps, across phases
+    sample_lines: int = 0  # lines written to samples.jsonl (checkpoints record it)
+    resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
 
     def inject_data(self, epoch: int) -> None:
         """Experiment aid (``data.inject``): append synthetic records as a writer would."""
@@ -190,24 +192,42 @@ class Run:
             for s in samples[: cfg.eval.samples_to_log]:
                 line = {"epoch": epoch, "after": after, **s}
                 f.write(json.dumps(line, ensure_ascii=False) + "\n")
+                self.sample_lines += 1
         rec = self.metrics.log(epoch, "eval", m)
         self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
         return rec
 
-    def checkpoint(self, epoch: int) -> None:
-        if self.cfg.checkpoint.every == "none":
+    def checkpoint(self, epoch: int, phases_done: int | None = None) -> None:
+        """Save after a phase of ``epoch`` (``phases_done`` so far) or at its end (None).
+
+        Names sort in time order: ``epoch-0002.p1`` (epoch 3, one phase done) comes after
+        ``epoch-0002`` and before ``epoch-0003``.
+        """
+        every = self.cfg.checkpoint.every
+        if every == "none":
             return
+        if phases_done is not None and (every != "phase" or not self.schedule.resumable_mid_epoch):
+            return
+        complete = epoch if phases_done is None else epoch - 1
+        name = f"epoch-{complete:04d}" + ("" if phases_done is None else f".p{phases_done}")
         state = {
-            "epoch": epoch,
+            "epoch": complete,
+            "phases_done": phases_done or 0,
+            "metrics_lines": len(self.metrics.records),
+            "sample_lines": self.sample_lines,
             "data": self.dataset.state(),
-            "stopper": {"best": self.stopper.best, "bad_epochs": self.stopper.bad_epochs},
+            "stopper": {
+                "best": self.stopper.best,
+                "bad_epochs": self.stopper.bad_epochs,
+                "improved": self.stopper.improved_this_epoch,
+            },
             "ledger": self.ledger,
             "data_sizes": self.data_sizes,
             "schedule": self.schedule.state(),
         }
         save_checkpoint(
             self.out / "checkpoints",
-            f"epoch-{epoch:04d}",
+            name,
             self.policy,
             self.optimizers,
             state,
@@ -321,19 +341,25 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         dataset.version = state["data"]["version"]
         stopper.best = state["stopper"]["best"]
         stopper.bad_epochs = state["stopper"]["bad_epochs"]
+        stopper.improved_this_epoch = state["stopper"].get("improved", False)
         run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
         run.schedule.restore(state.get("schedule", {}))
-        start_epoch = state["epoch"]
-        console(f"resumed from {ckpt} (epoch {start_epoch} complete)")
+        start_epoch, run.resume_phases = state["epoch"], state.get("phases_done", 0)
+        where = f"epoch {start_epoch} complete" + (
+            f", {run.resume_phases} phase(s) of epoch {start_epoch + 1} done"
+            if run.resume_phases
+            else ""
+        )
+        console(f"resumed from {ckpt} ({where})")
     elif resume:
         console(f"resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
     if resume:
-        # drop what an interrupted epoch logged: it is redone, and logged once
-        run.metrics.reload(after_epoch=start_epoch if ckpt is not None else -1)
+        # drop what was logged after the checkpoint: that work is redone, and logged once
+        run.metrics.reload(state["metrics_lines"] if ckpt is not None else 0)
+        run.sample_lines = state.get("sample_lines", 0) if ckpt is not None else 0
         samples = out / "samples.jsonl"
         if samples.exists():
-            kept = [s for s in read_jsonl(samples) if s.get("epoch", 0) <= start_epoch]
-            rewrite_jsonl(samples, kept if ckpt is not None else [])
+            rewrite_jsonl(samples, read_jsonl(samples)[: run.sample_lines])
     return run, start_epoch
 
 
@@ -342,7 +368,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 
     Raises :class:`Interrupted` after SIGTERM / Ctrl-C (at the next optimizer step or phase
     boundary), :class:`TrainingDiverged` or :class:`RewardError`; each message names the
-    last complete epoch checkpoint, which ``--resume`` continues from.
+    latest (phase-boundary) checkpoint, which ``--resume`` continues from.
     """
     with graceful_stop():
         run, start_epoch = build_run(cfg, resume)
@@ -351,9 +377,9 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
         except (Interrupted, TrainingDiverged, RewardError) as e:
             ckpt = latest_checkpoint(run.out / "checkpoints")
             saved = (
-                f"the last complete epoch is kept in {ckpt}"
+                f"the latest checkpoint is {ckpt}"
                 if ckpt
-                else "no epoch had completed, so no checkpoint exists yet"
+                else "no phase had completed, so no checkpoint exists yet"
             )
             e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
             raise
@@ -378,11 +404,21 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
     for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
         check_interrupt()
         t0 = time.perf_counter()
-        data = run.refresh_data(epoch)
-        evals = []
-        for phase in schedule.phases(epoch, run):
+        skip, run.resume_phases = run.resume_phases, 0
+        if skip:  # resuming mid-epoch: this epoch's data and first phases are already done
+            data = next(r for r in reversed(run.metrics.records) if r["phase"] == "data")
+            evals = [r for r in run.metrics.records if r["epoch"] == epoch and r["phase"] == "eval"]
+        else:
+            data, evals = run.refresh_data(epoch), []
+        names = schedule.phases(epoch, run)
+        last = len(names) if isinstance(names, list) else None
+        for i, phase in enumerate(names):
+            if i < skip:
+                continue
             schedule.observe(phase, run.run_phase(phase, epoch))
             evals.append(run.evaluate(epoch, after=phase))
+            if i + 1 != last:  # the epoch-end checkpoint follows the last phase
+                run.checkpoint(epoch, phases_done=i + 1)
         stopped = run.stopper.end_epoch()
         run.checkpoint(epoch)
         console(epoch_line(epoch, evals, data, time.perf_counter() - t0))

@@ -21,6 +21,8 @@ class Schedule:
     """Base: a fixed list of phases every epoch, no state."""
 
     name = "base"
+    # whether a run may resume in the middle of an epoch (its phase list can be replayed)
+    resumable_mid_epoch = True
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         self.cfg, self.seed = cfg, seed
@@ -88,6 +90,8 @@ class ARES(Schedule):
 class Adaptive(Schedule):
     """SASR-style adaptive switching. SASR has no public code: this is our reading of it.
 
+    (Phases are decided lazily from measured signals, so checkpoints are taken at epoch ends.)
+
     * Epoch 1 (warm-up): one SFT phase; g_warm = its ``train/sft_grad_norm`` (the mean
       pre-clip gradient norm over the phase's steps).
     * Every later epoch runs ``adaptive_slots`` phases. Before each slot:
@@ -107,6 +111,7 @@ class Adaptive(Schedule):
     """
 
     name = "adaptive"
+    resumable_mid_epoch = False
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         super().__init__(cfg, seed)

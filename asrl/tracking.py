@@ -34,11 +34,11 @@ class MetricsLog:
         self.records.append(rec)
         return rec
 
-    def reload(self, after_epoch: int) -> None:
-        """On resume: keep lines up to the checkpointed epoch, drop an interrupted epoch's."""
+    def reload(self, keep_lines: int) -> None:
+        """On resume: keep the lines the checkpoint had seen, drop what came after it."""
         if not self.path.exists():
             return
-        self.records = [r for r in read_jsonl(self.path) if r.get("epoch", 0) <= after_epoch]
+        self.records = read_jsonl(self.path)[:keep_lines]
         rewrite_jsonl(self.path, self.records)
 
     def evals(self) -> list[dict[str, Any]]:

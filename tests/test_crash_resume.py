@@ -121,7 +121,7 @@ def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
     assert "interrupted" in err and "resume with: asrl train -c configs/tiny.yaml" in err
-    assert "--resume" in err and "last complete epoch is kept in" in err
+    assert "--resume" in err and "the latest checkpoint is" in err
     done = subprocess.run(
         cmd(
             out,

@@ -67,7 +67,10 @@ def test_asrl_run_writes_contract_and_trains_lora(tmp_path, arch):
     weights = load_file(out / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
     lora_b = [v for k, v in weights.items() if "lora_B" in k]
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b)
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch-0001", "epoch-0002"]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
+        "epoch-0001.p1",
+        "epoch-0002",
+    ]
 
 
 def test_resume_continues_where_it_stopped(tmp_path):
@@ -126,3 +129,31 @@ def test_merged_generation_matches_unmerged(tmp_path):
         after = policy.model(input_ids=ids).logits
     assert torch.allclose(plain, merged, atol=1e-4)
     assert torch.allclose(plain, after, atol=1e-5)  # unmerge restored the base weights
+
+
+def test_resume_mid_epoch_from_a_phase_checkpoint_equals_uninterrupted(tmp_path):
+    # Run A: 2 epochs. B: the same run, "crashed" after epoch 2's SFT phase (its latest
+    # checkpoint is then epoch-0001.p1). Resuming B redoes only epoch 2's GRPO phase.
+    import shutil
+
+    a = tmp_path / "a"
+    train(tiny(a))
+    b = tmp_path / "b"
+    shutil.copytree(a, b)
+    shutil.rmtree(b / "out" / "checkpoints" / "epoch-0002")
+    (b / "out" / "summary.json").unlink()
+    cfg_b = load_config(
+        "configs/tiny.yaml", [f"output_dir={b / 'out'}", f"data.path={a / 'data.jsonl'}"]
+    )
+    train(cfg_b, resume=True)
+
+    def strip(records):  # wall-clock and speed readings differ between any two runs
+        return [
+            {k: v for k, v in r.items() if not k.startswith(("perf/", "time")) and k != "time"}
+            for r in records
+        ]
+
+    assert strip(read_metrics(b / "out")) == strip(read_metrics(a / "out"))
+    wa = load_file(a / "out" / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
+    wb = load_file(b / "out" / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
