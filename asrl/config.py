@@ -125,6 +125,7 @@ class GRPOConfig:
     epsilon: float = 0.2  # clip range low (and high unless epsilon_high is set)
     epsilon_high: float | None = None  # DAPO clip-higher uses 0.28
     beta: float = 0.0  # KL to the reference (base model, adapter disabled); 0 skips it
+    kl_ratio_correction: bool = False  # KL_k3 * rho, as TRL's use_bias_correction_kl (beta > 0)
     scale_rewards: str = "group"  # group | batch | none
     steps_per_round: int = 2  # optimizer steps over one round's completions
     micro_batch_size: int = 8  # completions per forward/backward

@@ -62,6 +62,7 @@ def grpo_loss(
     beta: float = 0.0,
     max_completion_length: int | None = None,
     num_items: int | torch.Tensor | None = None,
+    kl_ratio_correction: bool = False,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Clipped GRPO loss for one micro-batch. logps/old/ref/mask (B, T), advantages (B,).
 
@@ -70,6 +71,8 @@ def grpo_loss(
     Aggregation (TRL's): grpo = mean over sequences of token means; bnpo = token mean;
     dr_grpo = sum / (B * max_completion_length); dapo = sum / num_items (completion tokens
     in the whole optimizer step, so micro-batches add up to one big batch).
+    ``kl_ratio_correction`` multiplies KL_k3 by rho (TRL's ``use_bias_correction_kl``, on by
+    default in TRL >= 1.x; it changes the KL gradient even on-policy, where rho == 1).
     """
     mask = mask.to(logps.dtype)
     old = logps.detach() if old_logps is None else old_logps
@@ -83,6 +86,8 @@ def grpo_loss(
             raise ValueError("beta > 0 needs ref_logps")
         delta = ref_logps - logps
         kl = torch.exp(delta) - delta - 1
+        if kl_ratio_correction:
+            kl = kl * ratio
         per_token = per_token + beta * kl
     if loss_type == "grpo":
         loss = ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
@@ -291,6 +296,7 @@ def run_grpo_phase(
                 beta=cfg.beta,
                 max_completion_length=cfg.max_new_tokens,
                 num_items=num_items,
+                kl_ratio_correction=cfg.kl_ratio_correction,
             )
             if cfg.loss_type != "dapo":  # dapo is already normalised over the whole step
                 loss = loss / len(mbs)
