@@ -144,4 +144,9 @@ def test_fast_sft_forward_equals_reference_loss():
             batch["labels"],
         )
         fast = _forward_loss(policy, batch, n)
+        # the weighted path (CHORD's phi) with unit weights is the same loss; half weights halve it
+        unit = _forward_loss(policy, batch, n, token_weight=torch.ones_like)
+        half = _forward_loss(policy, batch, n, token_weight=lambda lp: torch.full_like(lp, 0.5))
     assert fast.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert unit.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert half.item() == pytest.approx(ref.item() / 2, rel=1e-5)

@@ -13,13 +13,11 @@ import math
 import random
 
 import torch
-import torch.nn.functional as F
 
 from asrl.config import GRPOConfig, ScheduleConfig
-from asrl.data.render import IGNORE, collate, tokenize_all
 from asrl.models import Policy
 from asrl.phases.grpo import GRPOHooks, run_grpo_phase
-from asrl.phases.sft import _forward_loss
+from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult
 
@@ -44,21 +42,6 @@ def chord_phi(token_logps: torch.Tensor) -> torch.Tensor:
     return p * (1.0 - p)
 
 
-def phi_sft_loss(policy: Policy, batch: dict[str, torch.Tensor], num_items: int) -> torch.Tensor:
-    """SFT loss with each response token's cross-entropy weighted by ``chord_phi``."""
-    batch = {k: v.to(policy.device) for k, v in batch.items()}
-    causal_lm = policy.model.get_base_model()
-    with policy.autocast():
-        hidden = causal_lm.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-        ).last_hidden_state  # (B, T, H)
-        targets = batch["labels"][:, 1:]  # (B, T-1)
-        keep = targets != IGNORE
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-    ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
-    return (chord_phi(-ce) * ce).sum() / max(int(num_items), 1)
-
-
 def run_chord_phase(
     policy: Policy,
     train: list[Example],
@@ -80,7 +63,6 @@ def run_chord_phase(
     exactly what ``run_grpo_phase`` would with the same ``rng`` and ``seed``.
     """
     sft_rng = random.Random(f"{seed}:chord-sft")
-    pad = policy.tokenizer.pad_token_id
     counts = {"examples": 0, "tokens": 0}
 
     def mu(k: int) -> float:
@@ -97,15 +79,15 @@ def run_chord_phase(
         if m == 0.0:
             return {"train/chord_mu": 0.0}
         chosen = sft_rng.sample(train, min(sched.chord_sft_batch_size, len(train)))
-        data, _ = tokenize_all(policy.tokenizer, chosen, max_length, system_prompt)
-        if not data:
+        weight = chord_phi if sched.chord_phi else None
+        loss, n_examples, n_tokens = examples_loss(
+            policy, chosen, max_length, system_prompt, weight
+        )
+        if loss is None:
             return {"train/chord_mu": m}
-        batch = collate(data, pad)
-        n = sum(t.n_response for t in data)
-        loss = (phi_sft_loss if sched.chord_phi else _forward_loss)(policy, batch, n)
         (m * loss).backward()
-        counts["examples"] += len(data)
-        counts["tokens"] += int(batch["attention_mask"].sum())
+        counts["examples"] += n_examples
+        counts["tokens"] += n_tokens
         return {"train/chord_mu": m, "train/chord_sft_loss": loss.item()}
 
     hooks = GRPOHooks(loss_scale=lambda k: 1.0 - mu(k), extra_backward=sft_backward)

@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
-from asrl.data.render import collate, tokenize_all
+from asrl.data.render import tokenize_all
 from asrl.models import Policy
 from asrl.phases.chord import run_chord_phase
 from asrl.phases.grpo import run_grpo_phase
 from asrl.phases.relift import run_relift_phase
-from asrl.phases.sft import _forward_loss, run_sft_phase
+from asrl.phases.sft import examples_loss, run_sft_phase
 from asrl.tracking import console
 from asrl.types import Example, PhaseResult
 
@@ -104,19 +104,19 @@ def sft_grad_norm_probe(
     Returns (norm, tokens processed). Gradients are cleared before and after.
     """
     chosen = rng.sample(train, min(batch_size, len(train)))
-    data, _ = tokenize_all(policy.tokenizer, chosen, max_length, system_prompt)
-    if not data:
-        return float("nan"), 0
     params = policy.trainable_parameters()
     for p in params:
         p.grad = None
-    batch = collate(data, policy.tokenizer.pad_token_id)
     was_training = policy.model.training
     policy.model.train()
-    _forward_loss(policy, batch, sum(t.n_response for t in data)).backward()
+    loss, _, tokens = examples_loss(policy, chosen, max_length, system_prompt)
+    if loss is None:
+        policy.model.train(was_training)
+        return float("nan"), 0
+    loss.backward()
     grads = [p.grad for p in params if p.grad is not None]
     norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0
     for p in params:
         p.grad = None
     policy.model.train(was_training)
-    return norm, int(batch["attention_mask"].sum())
+    return norm, tokens

@@ -17,11 +17,10 @@ from typing import Any
 import torch
 
 from asrl.config import GRPOConfig, SFTConfig
-from asrl.data.render import collate, tokenize_all
 from asrl.models import Policy
 from asrl.phases.common import clip_and_step, set_lr
 from asrl.phases.grpo import GRPOHooks, run_grpo_phase
-from asrl.phases.sft import _forward_loss
+from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult, Rollout
 
@@ -87,18 +86,18 @@ def run_relift_phase(
         added = buffer.add(all_fail_groups(ro, cfg.num_generations))
         metrics = {"relift/added": float(added)}
         if buffer.full():
-            data, _ = tokenize_all(policy.tokenizer, buffer.examples, max_length, system_prompt)
-            if data:
-                policy.model.train()
+            policy.model.train()
+            loss, n_examples, n_tokens = examples_loss(
+                policy, buffer.examples, max_length, system_prompt
+            )
+            if loss is not None:
                 set_lr(optimizers["sft"], sft_cfg.lr)
-                batch = collate(data, policy.tokenizer.pad_token_id)
-                loss = _forward_loss(policy, batch, sum(t.n_response for t in data))
                 loss.backward()
                 params = policy.trainable_parameters()
                 clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm, loss.item())
                 metrics["relift/sft_loss"] = loss.item()
-                counts["examples"] += len(data)
-                counts["tokens"] += int(batch["attention_mask"].sum())
+                counts["examples"] += n_examples
+                counts["tokens"] += n_tokens
                 counts["steps"] += 1
                 buffer.sft_steps += 1
             buffer.examples.clear()

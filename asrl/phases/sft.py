@@ -5,16 +5,17 @@ from __future__ import annotations
 import math
 import random
 import time
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from asrl.config import SFTConfig
-from asrl.data.render import IGNORE, Tokenized, collate
+from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
 from asrl.phases.common import clip_and_step, length_grouped_batches, set_lr
-from asrl.types import PhaseResult
+from asrl.types import Example, PhaseResult
 
 
 def sft_loss(
@@ -39,12 +40,18 @@ def sft_loss(
     return total / max(int(num_items), 1)
 
 
-def _forward_loss(policy: Policy, batch: dict[str, torch.Tensor], num_items: int) -> torch.Tensor:
+def _forward_loss(
+    policy: Policy,
+    batch: dict[str, torch.Tensor],
+    num_items: int,
+    token_weight: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
     """``sft_loss`` computed without logits for prompt and padding positions.
 
     The LM head (vocab x hidden: 21% of SmolLM2's weights) and the vocab-wide log-softmax run
     only where a label is; prompts are about half of each sequence. Equal to
-    ``sft_loss(model(...).logits, labels, num_items)`` (tested).
+    ``sft_loss(model(...).logits, labels, num_items)`` (tested). ``token_weight`` maps the
+    labelled tokens' log-probs (N,) to weights on their cross-entropy (CHORD's phi).
     """
     batch = {k: v.to(policy.device) for k, v in batch.items()}
     causal_lm = policy.model.get_base_model()  # LoRA layers are injected in place
@@ -55,8 +62,32 @@ def _forward_loss(policy: Policy, batch: dict[str, torch.Tensor], num_items: int
         targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
         keep = targets != IGNORE
         logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-    total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    if token_weight is None:
+        total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
+    else:
+        ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
+        total = (token_weight(-ce) * ce).sum()
     return total / max(int(num_items), 1)
+
+
+def examples_loss(
+    policy: Policy,
+    examples: list[Example],
+    max_length: int,
+    system_prompt: str | None = None,
+    token_weight: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor | None, int, int]:
+    """SFT loss of one batch made of ``examples`` (for SFT steps taken inside other phases).
+
+    Returns (loss, examples used, tokens); loss is None when every example is too long.
+    """
+    data, _ = tokenize_all(policy.tokenizer, examples, max_length, system_prompt)
+    if not data:
+        return None, 0, 0
+    batch = collate(data, policy.tokenizer.pad_token_id)
+    n = sum(t.n_response for t in data)
+    loss = _forward_loss(policy, batch, n, token_weight)
+    return loss, len(data), int(batch["attention_mask"].sum())
 
 
 @torch.no_grad()
