@@ -22,6 +22,7 @@ import torch
 from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
+from asrl.data.render import TokenizedCache
 from asrl.data.sources import JsonlFile, open_source, write_synthetic
 from asrl.data.synthetic import generate_records
 from asrl.evaluation import evaluate
@@ -95,6 +96,7 @@ class Run:
     phase_counts: dict[tuple[int, str], int] = field(default_factory=dict)
     guard: StepGuard = field(default_factory=StepGuard)  # non-finite steps, across phases
     sample_lines: int = 0  # lines written to samples.jsonl (checkpoints record it)
+    tokenized: TokenizedCache | None = None  # train examples tokenized once per run
     resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
 
     def inject_data(self, epoch: int) -> None:
@@ -331,6 +333,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         stopper,
         make_schedule(cfg.schedule, cfg.seed),
         guard=StepGuard(cfg.train.max_bad_steps_in_row),
+        tokenized=TokenizedCache(policy.tokenizer, cfg.data.max_length, cfg.data.system_prompt),
     )
     start_epoch = 0
     ckpt = latest_checkpoint(out / "checkpoints") if resume else None

@@ -54,3 +54,21 @@ def test_early_stopping_counts_epochs_where_neither_phase_improved():
         s.observe(float("nan"))  # a missing metric is ignored, not counted as a regression
         assert s.end_epoch() == (k == 2)
     assert s.best == 1.8
+
+
+def test_tokenized_cache_matches_tokenize_all_and_tokenizes_once():
+    from asrl.data.render import TokenizedCache, tokenize_all
+    from asrl.models import load_tokenizer
+
+    tok = load_tokenizer("tiny-random-llama")
+    exs = [
+        Example(f"e{i}", ({"role": "user", "content": f"q{i}"},), "a " * (3 + 40 * (i % 2)))
+        for i in range(6)
+    ]
+    cache = TokenizedCache(tok, max_length=60)
+    first, dropped = cache(exs[:4])
+    assert (first, dropped) == tokenize_all(tok, exs[:4], 60)
+    assert dropped == ["e1", "e3"]  # the long responses
+    grown, dropped2 = cache(exs)  # the split grew: old examples come from the cache
+    assert grown[: len(first)] == first and all(a is b for a, b in zip(first, grown))
+    assert dropped2 == ["e1", "e3", "e5"]

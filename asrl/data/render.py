@@ -55,6 +55,37 @@ def tokenize_example(
     return Tokenized(p + r + [tokenizer.eos_token_id], len(p), example.id)
 
 
+class TokenizedCache:
+    """Tokenizes each example once per run, keyed by its id.
+
+    The train split only grows, so re-tokenizing all of it for every SFT phase would redo
+    the same work each epoch (minutes at a million records). Over-length examples are
+    remembered as dropped.
+    """
+
+    def __init__(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        max_length: int,
+        system_prompt: str | None = None,
+    ) -> None:
+        self.tokenizer, self.max_length, self.system_prompt = tokenizer, max_length, system_prompt
+        self._done: dict[str, Tokenized | None] = {}  # None: longer than max_length
+
+    def __call__(self, examples: list[Example]) -> tuple[list[Tokenized], list[str]]:
+        kept, dropped = [], []
+        for ex in examples:
+            if ex.id not in self._done:
+                t = tokenize_example(self.tokenizer, ex, self.system_prompt)
+                self._done[ex.id] = t if len(t.ids) <= self.max_length else None
+            t = self._done[ex.id]
+            if t is None:
+                dropped.append(ex.id)
+            else:
+                kept.append(t)
+        return kept, dropped
+
+
 def tokenize_all(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],
@@ -62,14 +93,7 @@ def tokenize_all(
     system_prompt: str | None = None,
 ) -> tuple[list[Tokenized], list[str]]:
     """Tokenize examples, dropping those longer than ``max_length``; returns (kept, dropped ids)."""
-    kept, dropped = [], []
-    for ex in examples:
-        t = tokenize_example(tokenizer, ex, system_prompt)
-        if len(t.ids) <= max_length:
-            kept.append(t)
-        else:
-            dropped.append(ex.id)
-    return kept, dropped
+    return TokenizedCache(tokenizer, max_length, system_prompt)(examples)
 
 
 def collate(batch: list[Tokenized], pad_id: int) -> dict[str, torch.Tensor]:

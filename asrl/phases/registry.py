@@ -12,7 +12,6 @@ from typing import Any
 
 import torch
 
-from asrl.data.render import tokenize_all
 from asrl.models import Policy
 from asrl.phases.chord import run_chord_phase
 from asrl.phases.grpo import run_grpo_phase
@@ -27,9 +26,7 @@ Runner = Callable[[Any, int, random.Random, int, str], PhaseResult]
 
 def sft(run: Any, epoch: int, rng: random.Random, seed: int, desc: str) -> PhaseResult:
     cfg = run.cfg
-    data, dropped = tokenize_all(
-        run.policy.tokenizer, run.dataset.train, cfg.data.max_length, cfg.data.system_prompt
-    )
+    data, dropped = run.tokenized(run.dataset.train)
     result = run_sft_phase(run.policy, data, cfg.sft, run.optimizers["sft"], rng, desc)
     result.metrics["data/dropped_too_long"] = len(dropped)
     if dropped:
