@@ -2,6 +2,10 @@
 
 import json
 import math
+import signal
+import subprocess
+import sys
+import time
 
 from asrl.cli import main
 from asrl.experiments.report import build_results, welch_p
@@ -21,7 +25,7 @@ FAST = [
 def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "-c", "configs/tiny.yaml", "--methods", "asrl,sft", "--seeds", "2"]
-    argv += ["-o", str(out), "--set", f"data.path={tmp_path / 'none.jsonl'}"]
+    argv += ["--jobs", "2", "-o", str(out), "--set", f"data.path={tmp_path / 'none.jsonl'}"]
     for o in FAST:
         argv += ["--set", o]
     assert main(argv) == 0
@@ -45,6 +49,41 @@ def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     again = capsys.readouterr().out
     assert again.count("skipped") == 4 and "starting" not in again
+
+
+def test_sigterm_to_compare_stops_its_runs_and_a_rerun_resumes(tmp_path):
+    """SIGTERM reaches the running ``asrl train`` children (they leave a checkpoint and
+    exit); compare exits 143; the same command again resumes and finishes every run."""
+    out = tmp_path / "cmp"
+    cmd = [sys.executable, "-m", "asrl", "compare", "-c", "configs/tiny.yaml"]
+    cmd += ["--methods", "asrl", "--seeds", "2", "--jobs", "2", "-o", str(out)]
+    cmd += ["--set", f"data.path={tmp_path / 'none.jsonl'}"]
+    for o in [*FAST, "schedule.epochs=6"]:
+        cmd += ["--set", o]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpts = [out / "runs" / f"asrl-s{s}" / "checkpoints" for s in (0, 1)]
+    deadline = time.monotonic() + 300
+    while not all(any(c.glob("*/state.json")) for c in ckpts if c.parent.exists()) or not all(
+        c.parent.exists() for c in ckpts
+    ):
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 143, output
+    assert "rerun the same command to resume" in output
+    for s in (0, 1):
+        rdir = out / "runs" / f"asrl-s{s}"
+        assert not (rdir / "summary.json").exists()
+        assert "interrupted" in (rdir / "train.log").read_text()  # the child got the signal
+
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count("resuming") == 2
+    for s in (0, 1):
+        summary = json.loads((out / "runs" / f"asrl-s{s}" / "summary.json").read_text())
+        assert summary["epochs_run"] == 6
 
 
 def _fake_run(tmp_path, method, seed, fmt, cor):

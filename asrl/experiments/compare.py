@@ -9,24 +9,30 @@ started afresh. Then results.json, report.md and curves.png (asrl.experiments.re
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from asrl.config import ConfigError, load_config
 from asrl.data.sources import write_synthetic
 
-# --preset small: a quick look (minutes on a laptop CPU), not a result to publish.
+# --preset small: sized so that the demo data, 7 methods x 3 seeds, fits in 2 hours on a
+# 2-core CPU with --jobs 2 (docs/compare.md). It keeps the demo's data (same splits and eval
+# set) and shrinks the work per epoch: 48 SFT examples per phase instead of the whole split,
+# 4 GRPO questions instead of 8, and 24 eval examples (the whole 21-record val split).
 PRESETS: dict[str, list[str]] = {
     "small": [
-        "data.generate.count=120",
-        "schedule.epochs=3",
-        "sft.max_examples_per_phase=32",
+        "schedule.epochs=4",
+        "sft.max_examples_per_phase=48",
         "grpo.questions_per_epoch=4",
-        "eval.max_examples=16",
+        "eval.max_examples=24",
     ],
 }
 
@@ -59,34 +65,106 @@ def _fresh_copy(src: Path, rdir: Path) -> Path:
     return dst
 
 
+def _threads_per_job(jobs: int) -> int:
+    """Split the cores between parallel runs; one OpenMP team per core avoids oversubscription."""
+    return max(1, (os.cpu_count() or 1) // max(1, jobs))
+
+
+def _command(
+    args: argparse.Namespace,
+    overrides: list[str],
+    rdir: Path,
+    src: Path,
+    method: str,
+    seed: int,
+    threads: int,
+) -> tuple[list[str], bool]:
+    resume = any((rdir / "checkpoints").glob("*/state.json"))
+    data = next(rdir.glob("data*")) if resume else _fresh_copy(src, rdir)
+    cmd = [sys.executable, "-m", "asrl", "train", "-c", args.config, "-o", str(rdir)]
+    sets = [*overrides, f"schedule.method={method}", f"seed={seed}", f"data.path={data}"]
+    if args.jobs > 1:
+        sets.append(f"model.threads={threads}")
+    for o in sets:
+        cmd += ["--set", o]
+    if resume:
+        cmd.append("--resume")
+    return cmd, resume
+
+
 def run_all(args: argparse.Namespace, overrides: list[str]) -> list[dict]:
+    """Run every method x seed, up to ``args.jobs`` at a time; SIGTERM/Ctrl-C reach them all.
+
+    On a stop signal every running ``asrl train`` gets SIGTERM (it finishes its optimizer
+    step and exits leaving its phase-boundary checkpoint); rerunning the same command
+    resumes them. Runs that fail are reported, the rest go on.
+    """
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     src = _starting_data(args.config, overrides, out)
     jobs = [(m, s) for m in args.methods for s in range(args.seeds)]
-    runs = []
+    threads = _threads_per_job(args.jobs)
+    env = dict(os.environ)
+    if args.jobs < 1:
+        raise ConfigError("--jobs must be at least 1")
+    if args.jobs > 1:
+        env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(threads)
+    runs: list[dict] = []
+    todo: list[tuple[int, dict]] = []
     for i, (method, seed) in enumerate(jobs, 1):
         rdir = run_dir(out, method, seed)
-        label = f"run {i}/{len(jobs)} {method} seed {seed}"
         runs.append({"method": method, "seed": seed, "dir": str(rdir)})
         if (rdir / "summary.json").is_file():
-            print(f"{label}: done already, skipped", flush=True)
-            continue
-        resume = any((rdir / "checkpoints").glob("*/state.json"))
-        data = next(rdir.glob("data*")) if resume else _fresh_copy(src, rdir)
-        cmd = [sys.executable, "-m", "asrl", "train", "-c", args.config, "-o", str(rdir)]
-        for o in [*overrides, f"schedule.method={method}", f"seed={seed}", f"data.path={data}"]:
-            cmd += ["--set", o]
-        if resume:
-            cmd.append("--resume")
-        print(f"{label}: {'resuming' if resume else 'starting'} ...", flush=True)
-        t0 = time.perf_counter()
-        with (rdir / "train.log").open("a") as log:
-            rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
-        status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {rdir / 'train.log'})"
-        print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
-        if rc != 0:
-            runs[-1]["failed"] = rc
+            print(f"run {i}/{len(jobs)} {method} seed {seed}: done already, skipped", flush=True)
+        else:
+            todo.append((i, runs[-1]))
+    running: dict[subprocess.Popen, tuple[str, dict, float, Any]] = {}
+    stop: list[int] = []
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.append(signum)
+        for proc in running:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+
+    main = threading.current_thread() is threading.main_thread()
+    sigs = (signal.SIGINT, signal.SIGTERM) if main else ()
+    old = {s: signal.signal(s, on_signal) for s in sigs}
+    try:
+        while todo or running:
+            while todo and len(running) < args.jobs and not stop:
+                i, run = todo.pop(0)
+                label = f"run {i}/{len(jobs)} {run['method']} seed {run['seed']}"
+                rdir = Path(run["dir"])
+                cmd, resume = _command(
+                    args, overrides, rdir, src, run["method"], run["seed"], threads
+                )
+                print(f"{label}: {'resuming' if resume else 'starting'} ...", flush=True)
+                log = (rdir / "train.log").open("a")
+                # own session: a terminal Ctrl-C reaches only us, and we forward it once
+                proc = subprocess.Popen(
+                    cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                )
+                running[proc] = (label, run, time.perf_counter(), log)
+            if not running:
+                break
+            time.sleep(0.5)
+            for proc in [p for p in running if p.poll() is not None]:
+                label, run, t0, log = running.pop(proc)
+                log.close()
+                rc = proc.returncode
+                logf = Path(run["dir"]) / "train.log"
+                status = "ok" if rc == 0 else f"FAILED (exit {rc}; see {logf})"
+                print(f"{label}: {status} in {time.perf_counter() - t0:.0f}s", flush=True)
+                if rc != 0:
+                    run["failed"] = rc
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+    if stop:
+        from asrl.interrupt import Interrupted
+
+        raise Interrupted(stop[0], "compare stopped; rerun the same command to resume")
     return runs
 
 
@@ -107,7 +185,13 @@ def _compare(args: argparse.Namespace) -> int:
             f"data.inject.mix={args.inject_mix}",
         ]
     load_config(args.config, overrides)  # fail fast on a bad config or override
-    runs = run_all(args, overrides)
+    from asrl.interrupt import Interrupted
+
+    try:
+        runs = run_all(args, overrides)
+    except Interrupted as e:
+        print(f"asrl compare: {e}", file=sys.stderr)
+        return e.exit_code
     command = "asrl " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     if sys.argv[1:2] != ["compare"]:  # called in-process (tests): rebuild from args
         command = f"asrl compare -c {args.config} --methods {','.join(args.methods)} ..."
@@ -124,6 +208,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("-o", "--output", required=True)
     c.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every run")
     c.add_argument("--preset", choices=sorted(PRESETS), help="shrink data and epochs")
+    c.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at a time; each gets cores/jobs threads (on 2 cores, 2 single-thread "
+        "runs finish a compare sooner than 1 two-thread run)",
+    )
     c.add_argument("--inject-at", type=int, default=0, help="epoch at which new data arrives")
     c.add_argument("--inject-mix", default="percent", help="synthetic mix of the new data")
     c.add_argument("--inject-count", type=int, default=100)
