@@ -16,6 +16,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable
 
+from asrl import distributed
 from asrl.config import EvalConfig
 from asrl.data.format import ThinkingFormat
 from asrl.data.render import prompt_ids, tokenize_all
@@ -63,12 +64,22 @@ def evaluate(
     if not examples:
         return {}, []
     tok = policy.tokenizer
-    p_ids = [prompt_ids(tok, ex, system_prompt) for ex in examples]
-    c_ids = generate(
-        policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
-    )
+    d = distributed.current()  # several processes: each decodes its share, then all gather
+    mine = d.shard(examples)
+    c_ids: list[list[int]] = []
+    if mine:
+        p_ids = [prompt_ids(tok, ex, system_prompt) for ex in mine]
+        c_ids = generate(
+            policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
+        )
     texts = tok.batch_decode(c_ids, skip_special_tokens=True)
-    scored, _ = rewards.score(examples, texts)
+    scored = rewards.score(mine, texts)[0] if mine else []
+    if d.active:
+        shares = d.gather([(len(c), t, r) for c, t, r in zip(c_ids, texts, scored)])
+        rows = d.unshard(shares)
+        lengths, texts, scored = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    else:
+        lengths = [len(c) for c in c_ids]
 
     thinking_ok, compliant, exact = [], [], []
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -89,7 +100,7 @@ def evaluate(
         "eval/reward_mean": _mean(scored),
         "eval/val_loss": validation_loss(policy, tokenized),
         "eval/n": float(len(examples)),
-        "eval/completion_len": sum(len(c) for c in c_ids) / len(c_ids),
+        "eval/completion_len": sum(lengths) / len(lengths),
     }
     for t, hits in sorted(by_type.items()):
         metrics[f"eval/correctness/{t}"] = _mean(hits)

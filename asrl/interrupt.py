@@ -36,9 +36,19 @@ def _on_signal(signum: int, frame: Any) -> None:
 
 
 def check() -> None:
-    """Raise :class:`Interrupted` if a stop was asked for; call it at safe points only."""
-    if _requested is not None:
-        raise Interrupted(_requested)
+    """Raise :class:`Interrupted` if a stop was asked for; call it at safe points only.
+
+    In a multi-process run every process calls this at the same points, and they agree: a
+    signal that reached any of them stops all of them at the same step.
+    """
+    from asrl import distributed
+
+    requested = _requested
+    d = distributed.current()
+    if d.active and d.sum([float(requested or 0)])[0] > 0:
+        requested = requested or int(signal.SIGTERM)
+    if requested is not None:
+        raise Interrupted(requested)
 
 
 @contextmanager

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from asrl import distributed
 from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
@@ -115,8 +116,14 @@ class Run:
         console(f"data: injected {len(recs)} '{inj.mix}' records (data.inject)")
 
     def refresh_data(self, epoch: int) -> dict[str, Any]:
-        self.inject_data(epoch)
-        res = self.dataset.refresh()
+        d = distributed.current()
+        if d.is_main:  # several processes: the main one reads, the others take what it took
+            self.inject_data(epoch)
+            res = self.dataset.refresh(keep_added=d.active)
+        res = d.broadcast(res if d.is_main else None)
+        if not d.is_main:
+            self.dataset.absorb(res.added)
+        res.added = []
         sizes = self.dataset.sizes()
         rec = {
             "data/version": self.dataset.version,
@@ -190,11 +197,11 @@ class Run:
             cfg.data.system_prompt,
         )
         m["eval/after"] = after
-        with (self.out / "samples.jsonl").open("a", encoding="utf-8") as f:
-            for s in samples[: cfg.eval.samples_to_log]:
-                line = {"epoch": epoch, "after": after, **s}
-                f.write(json.dumps(line, ensure_ascii=False) + "\n")
-                self.sample_lines += 1
+        lines = [{"epoch": epoch, "after": after, **s} for s in samples[: cfg.eval.samples_to_log]]
+        if distributed.current().is_main:
+            with (self.out / "samples.jsonl").open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
+        self.sample_lines += len(lines)
         rec = self.metrics.log(epoch, "eval", m)
         self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
         return rec
@@ -227,14 +234,17 @@ class Run:
             "data_sizes": self.data_sizes,
             "schedule": self.schedule.state(),
         }
-        save_checkpoint(
-            self.out / "checkpoints",
-            name,
-            self.policy,
-            self.optimizers,
-            state,
-            self.cfg.checkpoint.keep_last,
-        )
+        d = distributed.current()
+        if d.is_main:
+            save_checkpoint(
+                self.out / "checkpoints",
+                name,
+                self.policy,
+                self.optimizers,
+                state,
+                self.cfg.checkpoint.keep_last,
+            )
+        d.barrier()  # nobody runs ahead of a checkpoint that is still being written
 
 
 def prepare_output(cfg: Config, resume: bool) -> Path:
@@ -304,15 +314,21 @@ def summarize(run: Run, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
 
 def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     """Set up the run (model, data, optimizers); returns it and the last completed epoch."""
+    d = distributed.current()
     out = prepare_output(cfg, resume)
-    ensure_dataset(cfg)
+    d.barrier()  # every process has checked the directory before the main one writes to it
+    if d.is_main:
+        ensure_dataset(cfg)
+        write_json(out / "config.json", cfg.to_dict())
+    d.barrier()
     seed_everything(cfg.seed)
-    write_json(out / "config.json", cfg.to_dict())
     policy = load_policy(cfg.model, seed=cfg.seed)
     fmt = cfg.format.spec()
     source = open_source(cfg.data.path)
-    dataset = LiveDataset([source], cfg.data.split, quarantine=out / "quarantine.jsonl")
+    quarantine = out / "quarantine.jsonl" if d.is_main else None
+    dataset = LiveDataset([source], cfg.data.split, quarantine=quarantine)
     params = policy.trainable_parameters()
+    d.broadcast_params(params)  # the same starting adapter everywhere
     # Two optimizers over the same LoRA weights: Adam's moment estimates of the SFT loss
     # would mis-scale GRPO steps (and back), whose gradients differ by orders of magnitude.
     optimizers = {
@@ -361,7 +377,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         run.metrics.reload(state["metrics_lines"] if ckpt is not None else 0)
         run.sample_lines = state.get("sample_lines", 0) if ckpt is not None else 0
         samples = out / "samples.jsonl"
-        if samples.exists():
+        if samples.exists() and d.is_main:
             rewrite_jsonl(samples, read_jsonl(samples)[: run.sample_lines])
     return run, start_epoch
 
@@ -373,6 +389,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     boundary), :class:`TrainingDiverged` or :class:`RewardError`; each message names the
     latest (phase-boundary) checkpoint, which ``--resume`` continues from.
     """
+    d = distributed.init()  # joins the process group under `accelerate launch`, else no-op
+    cfg.model.device = distributed.device_for(d, cfg.model.device)
     with graceful_stop():
         run, start_epoch = build_run(cfg, resume)
         try:
@@ -391,9 +409,11 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:
     cfg = run.cfg
     schedule = run.schedule
+    world = distributed.current().world
     console(
         f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
         f"autocast={run.policy.autocast_dtype} out={run.out}"
+        + (f" processes={world}" if world > 1 else "")
     )
     if start_epoch == 0:
         data = run.refresh_data(0)
@@ -432,7 +452,8 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
             )
             break
     summary = summarize(run, epoch, stopped)
-    write_json(run.out / "summary.json", summary)
+    if distributed.current().is_main:
+        write_json(run.out / "summary.json", summary)
     final = summary["final"] or {}
     console(
         f"done: format accuracy {final.get('eval/format_accuracy')}, correctness "

@@ -10,6 +10,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from asrl import distributed
+
 
 def _clean(value: Any) -> Any:
     """JSON has no NaN: write null instead, so every line parses with any JSON reader."""
@@ -28,9 +30,10 @@ class MetricsLog:
     def log(self, epoch: int, phase: str, metrics: dict[str, Any]) -> dict[str, Any]:
         rec = {"epoch": epoch, "phase": phase, "time": time.time()}
         rec.update({k: _clean(v) for k, v in metrics.items()})
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
+        if distributed.current().is_main:  # other processes keep the records, write nothing
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
+                f.flush()
         self.records.append(rec)
         return rec
 
@@ -39,7 +42,10 @@ class MetricsLog:
         if not self.path.exists():
             return
         self.records = read_jsonl(self.path)[:keep_lines]
-        rewrite_jsonl(self.path, self.records)
+        d = distributed.current()
+        d.barrier()  # everyone has read it before the main process rewrites it
+        if d.is_main:
+            rewrite_jsonl(self.path, self.records)
 
     def evals(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["phase"] == "eval"]
@@ -67,8 +73,9 @@ def rewrite_jsonl(path: str | Path, records: list[dict[str, Any]]) -> None:
 
 
 def console(message: str) -> None:
-    """Print above any progress bar."""
-    tqdm.write(message)
+    """Print above any progress bar (the main process only, in a multi-process run)."""
+    if distributed.current().is_main:
+        tqdm.write(message)
 
 
 def epoch_line(epoch: int, evals: list[dict[str, Any]], data: dict[str, Any], secs: float) -> str:

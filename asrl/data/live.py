@@ -29,6 +29,9 @@ class RefreshResult:
     duplicates: int = 0
     new_by_split: dict[str, int] | None = None
     rejects: list[tuple[str, str]] = field(default_factory=list)  # (where, reason), first few
+    # (split, example) of every new record, when refresh(keep_added=True): what the main
+    # process hands to the others in a multi-process run (asrl.distributed)
+    added: list[tuple[str, Example]] = field(default_factory=list)
 
 
 class LiveDataset:
@@ -72,7 +75,7 @@ class LiveDataset:
         with self.quarantine.open("a", encoding="utf-8") as f:
             f.write(json.dumps(entry, ensure_ascii=False) + "\n")
 
-    def refresh(self) -> RefreshResult:
+    def refresh(self, keep_added: bool = False) -> RefreshResult:
         """Absorb new records from every source; the version moves when anything was added."""
         res = RefreshResult(new_by_split={s: 0 for s in SPLITS})
         for source in self.sources:
@@ -90,9 +93,19 @@ class LiveDataset:
                 self.splits[split].append(ex)
                 res.new += 1
                 res.new_by_split[split] += 1
+                if keep_added:
+                    res.added.append((split, ex))
         if res.new:
             self.version += 1
         return res
+
+    def absorb(self, added: list[tuple[str, Example]]) -> None:
+        """Take records another process's ``refresh(keep_added=True)`` absorbed, in order."""
+        for split, ex in added:
+            self.seen.add(ex.id)
+            self.splits[split].append(ex)
+        if added:
+            self.version += 1
 
     def state(self) -> dict[str, Any]:
         return {

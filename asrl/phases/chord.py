@@ -14,6 +14,7 @@ import random
 
 import torch
 
+from asrl import distributed
 from asrl.config import GRPOConfig, ScheduleConfig
 from asrl.models import Policy
 from asrl.phases.grpo import GRPOHooks, run_grpo_phase
@@ -88,7 +89,8 @@ def run_chord_phase(
         (m * loss).backward()
         counts["examples"] += n_examples
         counts["tokens"] += n_tokens
-        return {"train/chord_mu": m, "train/chord_sft_loss": loss.item()}
+        sft_loss = distributed.current().sum([loss.item()])[0]  # the processes' shares add up
+        return {"train/chord_mu": m, "train/chord_sft_loss": sft_loss}
 
     hooks = GRPOHooks(loss_scale=lambda k: 1.0 - mu(k), extra_backward=sft_backward)
     result = run_grpo_phase(

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from asrl import interrupt
+from asrl import distributed, interrupt
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -103,12 +103,16 @@ def clip_and_step(
     max_norm: float,
     loss: float | None = None,
 ) -> float:
-    """Clip gradients, step, zero; returns the pre-clip gradient norm.
+    """All-reduce (several processes), clip gradients, step, zero; returns the pre-clip norm.
+
+    ``loss`` must be the same on every process (the summed step loss), so that all of them
+    agree on skipping a non-finite step.
 
     A step whose ``loss`` or gradient norm is not finite is skipped (gradients zeroed,
     weights and optimizer state untouched) and counted by the active :class:`StepGuard`.
     A stop asked for by SIGTERM / Ctrl-C is honoured here, after the step completes.
     """
+    distributed.current().all_reduce_grads(params)
     norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
     guard = _active_guard or StepGuard(max_bad_in_row=2**31)
     if guard.ok(loss, norm):

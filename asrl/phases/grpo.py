@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from tqdm.auto import tqdm
 
+from asrl import distributed
 from asrl.config import GRPOConfig
 from asrl.data.render import prompt_ids
 from asrl.generation import generate
@@ -154,6 +155,8 @@ def rollout(
     """Sample ``num_generations`` completions per example (all groups in one batch) and score."""
     start = time.perf_counter()
     G = cfg.num_generations
+    if not examples:  # a process with no share of this round's questions
+        return Rollout([], [], [], [], [], {part.name: [] for part in rewards.parts})
     expanded = [ex for ex in examples for _ in range(G)]  # group by group
     p_ids = [prompt_ids(policy.tokenizer, ex, system_prompt) for ex in expanded]
     c_ids = generate(
@@ -176,6 +179,33 @@ def rollout(
         tokens_generated=sum(len(c) for c in c_ids),
         seconds=time.perf_counter() - start,
     )
+
+
+def gather_rollout(d: distributed.Dist, ro: Rollout, group_size: int) -> Rollout:
+    """Every process's groups, back in question order (the inverse of ``d.shard``)."""
+    if not d.active:
+        return ro
+    fields = ("examples", "completions", "prompt_ids", "completion_ids", "rewards")
+    mine = {f: _groups(getattr(ro, f), group_size) for f in fields}
+    mine["components"] = {k: _groups(v, group_size) for k, v in ro.components.items()}
+    mine["stats"] = (ro.tokens_generated, ro.seconds)
+    shares = d.gather(mine)
+    merged = {f: _flat(d.unshard([s[f] for s in shares])) for f in fields}
+    components = {k: _flat(d.unshard([s["components"][k] for s in shares])) for k in ro.components}
+    return Rollout(
+        **merged,
+        components=components,
+        tokens_generated=sum(s["stats"][0] for s in shares),
+        seconds=max(s["stats"][1] for s in shares),
+    )
+
+
+def _groups(rows: list, size: int) -> list[list]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def _flat(groups: list[list]) -> list:
+    return [x for g in groups for x in g]
 
 
 def _logps(policy: Policy, b: _Batch, temperature: float) -> torch.Tensor:
@@ -204,40 +234,36 @@ class GRPOHooks:
     after_round: Callable[[Rollout], dict[str, float]] | None = None
 
 
-def run_grpo_phase(
+@dataclass
+class UpdateStats:
+    """What ``grpo_update`` did: per-step losses, mean clip ratio / KL, tokens, steps."""
+
+    losses: list[float]
+    clip_ratio: float
+    kl: float
+    tokens: int
+    steps: int
+    hook_metrics: dict[str, list[float]]
+
+
+def grpo_update(
     policy: Policy,
-    train: list[Example],
+    ro: Rollout,
     cfg: GRPOConfig,
-    rewards: RewardSet,
     optimizer: torch.optim.Optimizer,
     rng: random.Random,
-    seed: int,
-    system_prompt: str | None = None,
-    desc: str = "grpo",
     hooks: GRPOHooks | None = None,
-) -> PhaseResult:
-    """Sample ``questions_per_epoch`` prompts, roll out, then ``steps_per_round`` updates.
+    bar: tqdm | None = None,
+) -> UpdateStats:
+    """``steps_per_round`` optimizer steps on one scored round (group advantages, clipped loss).
 
-    The LR decays linearly from ``lr`` to ``lr * lr_final_ratio`` across the phase's steps
-    (the paper's "slight decay during GRPO"); the loop resets it next epoch.
+    Every process holds the whole round; each computes its share of every step's
+    micro-batches and ``clip_and_step`` sums the gradients, so N processes take the same
+    steps as one.
     """
-    start = time.perf_counter()
     hooks = hooks or GRPOHooks()
     hook_metrics: dict[str, list[float]] = {}
-    questions = rng.sample(train, min(cfg.questions_per_epoch, len(train)))
-    # one bar for the phase: the rollout counts as a step (it is often half the time)
-    bar = tqdm(
-        total=cfg.steps_per_round + 1,
-        desc=f"{desc} (sampling)",
-        unit="step",
-        leave=False,
-        dynamic_ncols=True,
-        disable=None,
-    )
-    policy.model.eval()  # no dropout while sampling
-    ro = rollout(policy, questions, cfg, rewards, seed, system_prompt)
-    bar.update(1)
-    bar.set_description(desc)
+    d = distributed.current()
     adv = group_advantages(
         torch.tensor(ro.rewards, dtype=torch.float32), cfg.num_generations, cfg.scale_rewards
     )
@@ -260,7 +286,7 @@ def run_grpo_phase(
     ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad():
         for k, step_idx in enumerate(steps):
-            for mb in micro(step_idx):
+            for mb in d.shard(micro(step_idx)):
                 if k == 0 and cfg.beta == 0:
                     continue  # on-policy: old = logps.detach(), no extra pass
                 b = batch_of(mb)
@@ -281,7 +307,7 @@ def run_grpo_phase(
         num_items = sum(len(ro.completion_ids[i]) for i in step_idx)
         step_loss = 0.0
         scale = hooks.loss_scale(k) if hooks.loss_scale else 1.0
-        for mb in mbs:
+        for mb in d.shard(mbs):  # this process's micro-batches; len(mbs) stays the global one
             b = batch_of(mb)
             logps = _logps(policy, b, cfg.temperature)
             loss, st = grpo_loss(
@@ -310,10 +336,61 @@ def run_grpo_phase(
         if hooks.extra_backward:
             for key, v in hooks.extra_backward(k).items():
                 hook_metrics.setdefault(key, []).append(v)
+        step_loss = d.sum([step_loss])[0]
         clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss)
         losses.append(step_loss)
-        bar.update(1)
-        bar.set_postfix(loss=f"{step_loss:.3f}")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}")
+    tokens, n_mb, *acc = d.sum([tokens, n_mb, *stats_acc.values()])
+    return UpdateStats(
+        losses,
+        acc[0] / max(n_mb, 1),
+        acc[1] / max(n_mb, 1),
+        int(tokens),
+        len(steps),
+        hook_metrics,
+    )
+
+
+def run_grpo_phase(
+    policy: Policy,
+    train: list[Example],
+    cfg: GRPOConfig,
+    rewards: RewardSet,
+    optimizer: torch.optim.Optimizer,
+    rng: random.Random,
+    seed: int,
+    system_prompt: str | None = None,
+    desc: str = "grpo",
+    hooks: GRPOHooks | None = None,
+) -> PhaseResult:
+    """Sample ``questions_per_epoch`` prompts, roll out, then ``steps_per_round`` updates.
+
+    The LR decays linearly from ``lr`` to ``lr * lr_final_ratio`` across the phase's steps
+    (the paper's "slight decay during GRPO"); the loop resets it next epoch.
+    """
+    start = time.perf_counter()
+    hooks = hooks or GRPOHooks()
+    d = distributed.current()  # several processes: each samples its share of the questions
+    questions = rng.sample(train, min(cfg.questions_per_epoch, len(train)))
+    # one bar for the phase: the rollout counts as a step (it is often half the time)
+    bar = tqdm(
+        total=cfg.steps_per_round + 1,
+        desc=f"{desc} (sampling)",
+        unit="step",
+        leave=False,
+        dynamic_ncols=True,
+        disable=d.quiet,
+    )
+    policy.model.eval()  # no dropout while sampling
+    own_seed = seed if d.rank == 0 else (seed + 7919 * d.rank) % 2**31
+    ro = rollout(policy, d.shard(questions), cfg, rewards, own_seed, system_prompt)
+    ro = gather_rollout(d, ro, cfg.num_generations)  # every process: the whole round
+    bar.update(1)
+    bar.set_description(desc)
+    upd = grpo_update(policy, ro, cfg, optimizer, rng, hooks, bar)
+    hook_metrics = upd.hook_metrics
     bar.close()
     if hooks.after_round:
         for key, v in hooks.after_round(ro).items():
@@ -322,16 +399,16 @@ def run_grpo_phase(
     r = torch.tensor(ro.rewards)
     grouped = r.view(-1, cfg.num_generations)
     metrics = {
-        "train/grpo_loss": sum(losses) / max(len(losses), 1),
+        "train/grpo_loss": sum(upd.losses) / max(len(upd.losses), 1),
         "train/reward_mean": float(r.mean()),
         "train/reward_std": float(r.std()) if r.numel() > 1 else 0.0,
         "train/frac_zero_std_groups": float((grouped.std(dim=1) < 1e-6).float().mean()),
-        "train/kl": stats_acc["kl"] / max(n_mb, 1),
-        "train/clip_ratio": stats_acc["clip_ratio"] / max(n_mb, 1),
+        "train/kl": upd.kl,
+        "train/clip_ratio": upd.clip_ratio,
         "train/completion_len": ro.tokens_generated / max(len(ro.completions), 1),
-        "train/lr": cfg.lr * cfg.lr_final_ratio if len(steps) > 1 else cfg.lr,
+        "train/lr": cfg.lr * cfg.lr_final_ratio if upd.steps > 1 else cfg.lr,
         "perf/gen_tokens_per_s": ro.tokens_generated / max(ro.seconds, 1e-9),
-        "perf/tokens_per_s": tokens / max(seconds - ro.seconds, 1e-9),
+        "perf/tokens_per_s": upd.tokens / max(seconds - ro.seconds, 1e-9),
     }
     for name, vals in ro.components.items():
         got = [v for v in vals if v is not None]
@@ -342,8 +419,8 @@ def run_grpo_phase(
         "grpo",
         metrics,
         examples_seen=len(questions),
-        tokens_trained=tokens,
+        tokens_trained=upd.tokens,
         tokens_generated=ro.tokens_generated,
         seconds=seconds,
-        steps=len(steps),
+        steps=upd.steps,
     )

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from asrl import distributed
 from asrl.models import Policy
 from asrl.phases.chord import run_chord_phase
 from asrl.phases.grpo import run_grpo_phase
@@ -111,6 +112,7 @@ def sft_grad_norm_probe(
         policy.model.train(was_training)
         return float("nan"), 0
     loss.backward()
+    distributed.current().all_reduce_grads(params)  # several processes: the batch's gradient
     grads = [p.grad for p in params if p.grad is not None]
     norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0
     for p in params:

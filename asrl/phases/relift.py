@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from asrl import distributed
 from asrl.config import GRPOConfig, SFTConfig
 from asrl.models import Policy
 from asrl.phases.common import clip_and_step, set_lr
@@ -94,8 +95,9 @@ def run_relift_phase(
                 set_lr(optimizers["sft"], sft_cfg.lr)
                 loss.backward()
                 params = policy.trainable_parameters()
-                clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm, loss.item())
-                metrics["relift/sft_loss"] = loss.item()
+                total = distributed.current().sum([loss.item()])[0]  # processes' shares
+                clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm, total)
+                metrics["relift/sft_loss"] = total
                 counts["examples"] += n_examples
                 counts["tokens"] += n_tokens
                 counts["steps"] += 1

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from asrl import distributed
 from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
@@ -79,15 +80,23 @@ def examples_loss(
 ) -> tuple[torch.Tensor | None, int, int]:
     """SFT loss of one batch made of ``examples`` (for SFT steps taken inside other phases).
 
-    Returns (loss, examples used, tokens); loss is None when every example is too long.
+    Returns (loss, examples used, tokens); loss is None when every example is too long. With
+    several processes each takes its share of the batch (the loss is its part of the
+    batch's loss: the all-reduced gradient is the whole batch's) and the counts are totals.
     """
     data, _ = tokenize_all(policy.tokenizer, examples, max_length, system_prompt)
     if not data:
         return None, 0, 0
-    batch = collate(data, policy.tokenizer.pad_token_id)
+    d = distributed.current()
     n = sum(t.n_response for t in data)
+    mine = d.shard(data)
+    if not mine:  # more processes than examples: contribute nothing, but take part
+        tokens = d.sum([0.0])[0]
+        return torch.zeros((), requires_grad=True), len(data), int(tokens)
+    batch = collate(mine, policy.tokenizer.pad_token_id)
     loss = _forward_loss(policy, batch, n, token_weight)
-    return loss, len(data), int(batch["attention_mask"].sum())
+    tokens = d.sum([float(batch["attention_mask"].sum())])[0]
+    return loss, len(data), int(tokens)
 
 
 @torch.no_grad()
@@ -99,11 +108,14 @@ def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16)
     policy.model.eval()
     total, count = 0.0, 0
     pad = policy.tokenizer.pad_token_id
-    for i in range(0, len(data), batch_size):
-        chunk = data[i : i + batch_size]
+    d = distributed.current()
+    mine = d.shard(data)  # each process its share; the sums are combined below
+    for i in range(0, len(mine), batch_size):
+        chunk = mine[i : i + batch_size]
         n = sum(t.n_response for t in chunk)
         total += float(_forward_loss(policy, collate(chunk, pad), n)) * n
         count += n
+    total, count = d.sum([total, count])
     policy.model.train(was_training)
     return total / max(count, 1)
 
@@ -131,20 +143,26 @@ def run_sft_phase(
     params = policy.trainable_parameters()
     pad = policy.tokenizer.pad_token_id
     policy.model.train()
+    d = distributed.current()  # several processes: each takes its share of every batch
     losses, norms, tokens = [], [], 0
-    bar = tqdm(windows, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=None)
+    bar = tqdm(windows, desc=desc, unit="step", leave=False, dynamic_ncols=True, disable=d.quiet)
     for window in bar:
-        num_items = sum(data[i].n_response for b in window for i in b)
+        num_items = sum(data[i].n_response for b in window for i in b)  # the whole window's
         step_loss = 0.0
         for b in window:
-            batch = collate([data[i] for i in b], pad)
+            mine = d.shard(b)
+            if not mine:
+                continue
+            batch = collate([data[i] for i in mine], pad)
             loss = _forward_loss(policy, batch, num_items)
             loss.backward()
             step_loss += loss.item()
             tokens += int(batch["attention_mask"].sum())
+        step_loss = d.sum([step_loss])[0]
         norms.append(clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss))
         losses.append(step_loss)
         bar.set_postfix(loss=f"{step_loss:.3f}")
+    tokens = int(d.sum([tokens])[0])
     seconds = time.perf_counter() - start
     metrics = {
         "train/sft_loss": _finite_mean(losses),

@@ -1,0 +1,46 @@
+"""Run by tests/test_distributed.py under 1 and 2 processes: GRPO updates on a fixed round.
+
+Every process samples the same full round (same weights, same seed), gives it fixed random
+rewards (a random tiny model earns none), then takes ``grpo_update`` steps, in which each
+process computes its share of the micro-batches. The adapter is saved for comparison.
+"""
+
+import random
+import sys
+
+import torch
+
+from asrl import distributed
+from asrl.config import load_config
+from asrl.data.records import parse_record
+from asrl.data.synthetic import generate_records
+from asrl.loop import seed_everything
+from asrl.models import load_policy
+from asrl.phases.grpo import grpo_update, rollout
+from asrl.rewards import RewardSet
+
+out, loss_type = sys.argv[1], sys.argv[2]
+d = distributed.init()
+cfg = load_config(
+    "configs/tiny.yaml",
+    [
+        f"grpo.loss_type={loss_type}",
+        "grpo.beta=0.04",
+        "grpo.steps_per_round=2",
+        "grpo.micro_batch_size=2",
+    ],
+)
+seed_everything(0)
+policy = load_policy(cfg.model, seed=0)
+examples = [
+    parse_record(r) for r in generate_records(4, seed=1, fmt=cfg.format.spec(), mix="paper")
+]
+rewards = RewardSet.from_config(cfg.reward, cfg.format.spec())
+ro = rollout(policy, examples, cfg.grpo, rewards, seed=7, system_prompt=None)
+g = torch.Generator().manual_seed(3)
+ro.rewards = torch.rand(len(ro.rewards), generator=g).tolist()
+opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+stats = grpo_update(policy, ro, cfg.grpo, opt, random.Random(5))
+if d.is_main:
+    policy.model.save_pretrained(out)
+    print("losses", stats.losses, "tokens", stats.tokens)
