@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from asrl.config import EvalConfig
 from asrl.data.format import ThinkingFormat
@@ -56,7 +57,7 @@ def evaluate(
     cfg: EvalConfig,
     max_length: int,
     system_prompt: str | None = None,
-) -> tuple[dict[str, float], list[dict[str, str]]]:
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics, and every (prompt, reference, output) for a human to read."""
     start = time.perf_counter()
     examples = eval_examples(examples, cfg)
@@ -68,7 +69,7 @@ def evaluate(
         policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
     )
     texts = tok.batch_decode(c_ids, skip_special_tokens=True)
-    scored, _ = rewards.score(examples, texts)
+    scored, components = rewards.score(examples, texts)
 
     thinking_ok, compliant, exact = [], [], []
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -101,8 +102,10 @@ def evaluate(
             "prompt": ex.prompt_text,
             "reference": ex.response,
             "output": text,
+            "reward": scored[i],
+            "rewards": {name: values[i] for name, values in components.items()},
         }
-        for ex, text in zip(examples, texts)
+        for i, (ex, text) in enumerate(zip(examples, texts))
     ]
     return metrics, samples
 

@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -346,4 +347,27 @@ def run_grpo_phase(
         tokens_generated=ro.tokens_generated,
         seconds=seconds,
         steps=len(steps),
+        samples=rollout_samples(ro, adv, cfg.num_generations, cfg.samples_to_log),
     )
+
+
+def rollout_samples(
+    ro: Rollout, advantages: torch.Tensor, group_size: int, n: int
+) -> list[dict[str, Any]]:
+    """The round's first ``n`` completions, for a human to read. Rollouts are laid out group
+    by group, so completions of one prompt sit side by side with the rewards and advantages
+    that rank them. ``rewards``: each reward function's unweighted value (None: no opinion)."""
+    return [
+        {
+            "id": ro.examples[i].id,
+            "type": ro.examples[i].type,
+            "group": i // group_size,
+            "prompt": ro.examples[i].prompt_text,
+            "reference": ro.examples[i].response,
+            "output": ro.completions[i],
+            "reward": ro.rewards[i],
+            "rewards": {name: values[i] for name, values in ro.components.items()},
+            "advantage": float(advantages[i]),
+        }
+        for i in range(min(n, len(ro.completions)))
+    ]
