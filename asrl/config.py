@@ -130,6 +130,9 @@ class GRPOConfig:
     steps_per_round: int = 2  # optimizer steps over one round's completions
     micro_batch_size: int = 8  # completions per forward/backward
     max_grad_norm: float = 1.0
+    # rollouts (prompt, completion, reward and its components, advantage) written to
+    # OUTDIR/samples.jsonl and the trackers each GRPO phase: the first groups of the round
+    samples_to_log: int = 6
 
 
 @dataclass
@@ -219,6 +222,9 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    # where metrics.jsonl lines and sample completions also go: tensorboard (event files in
+    # OUTDIR/tensorboard/), trackio, wandb (installed separately); [] or [none]: nowhere
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -300,6 +306,8 @@ def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -
     for o in overrides or []:
         key, value = parse_override(o)
         _set_dotted(data, key, value)
+    if isinstance(data.get("report_to"), str):  # report_to: none / --set report_to=wandb
+        data["report_to"] = [data["report_to"]]
     cfg = _build(Config, data)
     validate(cfg)
     return cfg
@@ -394,6 +402,8 @@ def validate(cfg: Config) -> None:
         "use epoch, phase or none",
     )
     _validate_rewards(cfg.reward)
+    _validate_report_to(cfg.report_to)
+    _require(cfg.grpo.samples_to_log >= 0, "grpo.samples_to_log", "must be >= 0")
     _require(cfg.train.max_bad_steps_in_row >= 1, "train.max_bad_steps_in_row", "must be >= 1")
     _validate_model_path(cfg.model.name)
     from asrl.schedules import SCHEDULES  # late import: schedules import config types
@@ -444,6 +454,24 @@ def _validate_rewards(r: RewardConfig) -> None:
             import_reward(c.path)
         except ConfigError as e:
             raise ConfigError(f"reward.custom[{i}].path: {str(e).split(': ', 1)[1]}") from e
+
+
+def _validate_report_to(report_to: list[str]) -> None:
+    from asrl.trackers import PACKAGES, check_available  # late import: trackers import config
+
+    known = [*PACKAGES, "none"]
+    for i, name in enumerate(report_to):
+        close = difflib.get_close_matches(name, known, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        _require(
+            name in known, f"report_to[{i}]", f"'{name}' is not one of {', '.join(known)}.{hint}"
+        )
+    _require(
+        "none" not in report_to or len(set(report_to)) == 1,
+        "report_to",
+        "'none' turns every tracker off; it cannot be combined with others",
+    )
+    check_available(report_to)  # wandb / trackio asked for but not installed: say so now
 
 
 def _validate_model_path(name: str) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from collections.abc import Iterable
+from typing import Any
 
 from asrl import distributed
 from asrl.config import EvalConfig
@@ -57,7 +58,7 @@ def evaluate(
     cfg: EvalConfig,
     max_length: int,
     system_prompt: str | None = None,
-) -> tuple[dict[str, float], list[dict[str, str]]]:
+) -> tuple[dict[str, float], list[dict[str, Any]]]:
     """Metrics, and every (prompt, reference, output) for a human to read."""
     start = time.perf_counter()
     examples = eval_examples(examples, cfg)
@@ -73,13 +74,15 @@ def evaluate(
             policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
         )
     texts = tok.batch_decode(c_ids, skip_special_tokens=True)
-    scored = rewards.score(mine, texts)[0] if mine else []
-    if d.active:
-        shares = d.gather([(len(c), t, r) for c, t, r in zip(c_ids, texts, scored)])
-        rows = d.unshard(shares)
-        lengths, texts, scored = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-    else:
-        lengths = [len(c) for c in c_ids]
+    scored, components = rewards.score(mine, texts) if mine else ([], {})
+    names = [part.name for part in rewards.parts]
+    rows = [
+        (len(c), text, r, [components.get(n, [None] * len(mine))[i] for n in names])
+        for i, (c, text, r) in enumerate(zip(c_ids, texts, scored))
+    ]
+    rows = d.unshard(d.gather(rows))  # several processes: every output, in order
+    lengths, texts, scored = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
+    components = {n: [r[3][j] for r in rows] for j, n in enumerate(names)}
 
     thinking_ok, compliant, exact = [], [], []
     by_type: dict[str, list[float]] = defaultdict(list)
@@ -112,8 +115,10 @@ def evaluate(
             "prompt": ex.prompt_text,
             "reference": ex.response,
             "output": text,
+            "reward": scored[i],
+            "rewards": {name: values[i] for name, values in components.items()},
         }
-        for ex, text in zip(examples, texts)
+        for i, (ex, text) in enumerate(zip(examples, texts))
     ]
     return metrics, samples
 

@@ -34,7 +34,8 @@ from asrl.phases.common import StepGuard, TrainingDiverged, guarded_steps
 from asrl.phases.registry import PHASES, sft_grad_norm_probe
 from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
-from asrl.tracking import MetricsLog, console, epoch_line, read_jsonl, rewrite_jsonl, write_json
+from asrl.trackers import make_trackers
+from asrl.tracking import MetricsLog, console, epoch_line, write_json
 from asrl.types import PhaseResult
 
 log = logging.getLogger(__name__)
@@ -96,7 +97,6 @@ class Run:
     data_sizes: list[dict[str, int]] = field(default_factory=list)
     phase_counts: dict[tuple[int, str], int] = field(default_factory=dict)
     guard: StepGuard = field(default_factory=StepGuard)  # non-finite steps, across phases
-    sample_lines: int = 0  # lines written to samples.jsonl (checkpoints record it)
     tokenized: TokenizedCache | None = None  # train examples tokenized once per run
     resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
 
@@ -155,6 +155,8 @@ class Run:
         result.metrics["train/skipped_steps"] = self.guard.skipped - skipped
         if phase != "sft":  # the phases that score rollouts
             result.metrics["train/reward_errors"] = self.rewards.errors - reward_errors
+        # a few rollouts (prompt, completion, reward and its components) each phase
+        self.metrics.log_samples(epoch, phase, result.samples)
         if self.guard.skipped > skipped:
             console(f"{phase}: skipped {self.guard.skipped - skipped} non-finite step(s)")
         for key in ("examples_seen", "tokens_trained", "tokens_generated", "seconds"):
@@ -197,11 +199,7 @@ class Run:
             cfg.data.system_prompt,
         )
         m["eval/after"] = after
-        lines = [{"epoch": epoch, "after": after, **s} for s in samples[: cfg.eval.samples_to_log]]
-        if distributed.current().is_main:
-            with (self.out / "samples.jsonl").open("a", encoding="utf-8") as f:
-                f.writelines(json.dumps(line, ensure_ascii=False) + "\n" for line in lines)
-        self.sample_lines += len(lines)
+        self.metrics.log_samples(epoch, "eval", samples[: cfg.eval.samples_to_log], after=after)
         rec = self.metrics.log(epoch, "eval", m)
         self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
         return rec
@@ -223,7 +221,7 @@ class Run:
             "epoch": complete,
             "phases_done": phases_done or 0,
             "metrics_lines": len(self.metrics.records),
-            "sample_lines": self.sample_lines,
+            "sample_lines": self.metrics.sample_lines,
             "data": self.dataset.state(),
             "stopper": {
                 "best": self.stopper.best,
@@ -344,7 +342,12 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         policy,
         dataset,
         RewardSet.from_config(cfg.reward, fmt),
-        MetricsLog(out / "metrics.jsonl"),
+        MetricsLog(
+            out / "metrics.jsonl",
+            out / "samples.jsonl",
+            make_trackers(cfg.report_to, out, cfg.to_dict()) if d.is_main else [],
+            write=d.is_main,
+        ),
         optimizers,
         stopper,
         make_schedule(cfg.schedule, cfg.seed),
@@ -374,11 +377,11 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         console(f"resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
     if resume:
         # drop what was logged after the checkpoint: that work is redone, and logged once
-        run.metrics.reload(state["metrics_lines"] if ckpt is not None else 0)
-        run.sample_lines = state.get("sample_lines", 0) if ckpt is not None else 0
-        samples = out / "samples.jsonl"
-        if samples.exists() and d.is_main:
-            rewrite_jsonl(samples, read_jsonl(samples)[: run.sample_lines])
+        # (trackers too: TensorBoard's files lose the events past that point)
+        if ckpt is not None:
+            run.metrics.reload(state["metrics_lines"], state.get("sample_lines", 0))
+        else:
+            run.metrics.reload(0, 0)
     return run, start_epoch
 
 
@@ -404,6 +407,8 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             )
             e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
             raise
+        finally:
+            run.metrics.close()
 
 
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:

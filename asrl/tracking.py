@@ -1,4 +1,5 @@
-"""metrics.jsonl (the contract), summary.json, and the console lines a user watches."""
+"""metrics.jsonl (the contract), samples.jsonl, summary.json, and the console lines a user
+watches; the same lines go to TensorBoard / trackio / wandb through asrl/trackers.py."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from asrl import distributed
+from asrl.trackers import Tracker, scalar_values
 
 
 def _clean(value: Any) -> Any:
@@ -21,34 +23,84 @@ def _clean(value: Any) -> Any:
 
 
 class MetricsLog:
-    """Appends one JSON object per line; every line has ``epoch``, ``phase`` and ``time``."""
+    """Appends one JSON object per line; every line has ``epoch``, ``phase`` and ``time``.
 
-    def __init__(self, path: str | Path) -> None:
+    Each line also goes to the ``trackers`` (asrl/trackers.py) as scalars at step = its
+    line number (1-based), and sample completions go to samples.jsonl and, as text, to the
+    trackers at the step of the metrics line that follows them (the phase or eval they
+    belong to). In a multi-process run only the main process writes (``write``); the others
+    keep the records in memory.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        samples_path: str | Path | None = None,
+        trackers: list[Tracker] | None = None,
+        write: bool = True,
+    ) -> None:
+        self.write = write
         self.path = Path(path)
+        self.samples_path = Path(samples_path or self.path.with_name("samples.jsonl"))
+        self.trackers = list(trackers or [])
         self.records: list[dict[str, Any]] = []
+        self.sample_lines = 0  # lines in samples.jsonl (checkpoints record it)
 
     def log(self, epoch: int, phase: str, metrics: dict[str, Any]) -> dict[str, Any]:
         rec = {"epoch": epoch, "phase": phase, "time": time.time()}
         rec.update({k: _clean(v) for k, v in metrics.items()})
-        if distributed.current().is_main:  # other processes keep the records, write nothing
+        if self.write:
             with self.path.open("a", encoding="utf-8") as f:
                 f.write(json.dumps(rec) + "\n")
                 f.flush()
         self.records.append(rec)
+        for t in self.trackers:
+            t.scalars(len(self.records), scalar_values(rec), rec["time"])
         return rec
 
-    def reload(self, keep_lines: int) -> None:
-        """On resume: keep the lines the checkpoint had seen, drop what came after it."""
-        if not self.path.exists():
+    def log_samples(
+        self, epoch: int, phase: str, samples: list[dict[str, Any]], **marks: Any
+    ) -> None:
+        """Append completions to samples.jsonl, each marked with epoch, phase and ``marks``."""
+        if not samples:
             return
-        self.records = read_jsonl(self.path)[:keep_lines]
-        d = distributed.current()
-        d.barrier()  # everyone has read it before the main process rewrites it
-        if d.is_main:
+        rows = [{"epoch": epoch, "phase": phase, **marks, **s} for s in samples]
+        if self.write:
+            with self.samples_path.open("a", encoding="utf-8") as f:
+                f.writelines(json.dumps(_clean_row(r), ensure_ascii=False) + "\n" for r in rows)
+        self.sample_lines += len(rows)
+        tag = "/".join(["samples", phase, *map(str, marks.values())])
+        for t in self.trackers:
+            t.samples(len(self.records) + 1, tag, rows)
+
+    def reload(self, keep_lines: int, keep_samples: int = 0) -> None:
+        """On resume: keep the lines the checkpoint had seen, drop what came after it."""
+        if self.path.exists():
+            self.records = read_jsonl(self.path)[:keep_lines]
+        self.sample_lines = keep_samples
+        distributed.current().barrier()  # every process has read before the main one rewrites
+        if not self.write:
+            return
+        if self.path.exists():
             rewrite_jsonl(self.path, self.records)
+        if self.samples_path.exists():
+            rewrite_jsonl(self.samples_path, read_jsonl(self.samples_path)[:keep_samples])
+        for t in self.trackers:  # the next line is logged (again) at this step
+            t.rewind(len(self.records) + 1)
 
     def evals(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["phase"] == "eval"]
+
+    def close(self) -> None:
+        for t in self.trackers:
+            t.close()
+
+
+def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        k: {kk: _clean(vv) for kk, vv in v.items()} if isinstance(v, dict) else _clean(v)
+        for k, v in row.items()
+    }
 
 
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:

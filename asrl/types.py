@@ -59,3 +59,5 @@ class PhaseResult:
     tokens_generated: int = 0
     seconds: float = 0.0
     steps: int = 0
+    # a few completions for a human to read (samples.jsonl, the trackers' text)
+    samples: list[dict[str, Any]] = field(default_factory=list)

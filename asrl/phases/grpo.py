@@ -10,6 +10,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -244,6 +245,7 @@ class UpdateStats:
     tokens: int
     steps: int
     hook_metrics: dict[str, list[float]]
+    advantages: torch.Tensor  # (N,), one per completion of the round
 
 
 def grpo_update(
@@ -350,6 +352,7 @@ def grpo_update(
         int(tokens),
         len(steps),
         hook_metrics,
+        adv,
     )
 
 
@@ -423,4 +426,27 @@ def run_grpo_phase(
         tokens_generated=ro.tokens_generated,
         seconds=seconds,
         steps=upd.steps,
+        samples=rollout_samples(ro, upd.advantages, cfg.num_generations, cfg.samples_to_log),
     )
+
+
+def rollout_samples(
+    ro: Rollout, advantages: torch.Tensor, group_size: int, n: int
+) -> list[dict[str, Any]]:
+    """The round's first ``n`` completions, for a human to read. Rollouts are laid out group
+    by group, so completions of one prompt sit side by side with the rewards and advantages
+    that rank them. ``rewards``: each reward function's unweighted value (None: no opinion)."""
+    return [
+        {
+            "id": ro.examples[i].id,
+            "type": ro.examples[i].type,
+            "group": i // group_size,
+            "prompt": ro.examples[i].prompt_text,
+            "reference": ro.examples[i].response,
+            "output": ro.completions[i],
+            "reward": ro.rewards[i],
+            "rewards": {name: values[i] for name, values in ro.components.items()},
+            "advantage": float(advantages[i]),
+        }
+        for i in range(min(n, len(ro.completions)))
+    ]
