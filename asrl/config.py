@@ -91,13 +91,62 @@ class InjectConfig:
 
 
 @dataclass
+class ColumnsConfig:
+    """Which column of a Hugging Face dataset / parquet source holds each record field.
+
+    Defaults are our record field names. Columns not named here are kept on the record and
+    reach reward functions as keyword arguments (TRL passes every dataset column too).
+    """
+
+    prompt: str = "prompt"
+    messages: str = "messages"
+    response: str = "response"
+    completion: str = "completion"
+    answer: str = "answer"
+    id: str = "id"
+    type: str = "type"
+
+
+@dataclass
+class HFConfig:
+    """Settings of a Hugging Face source (a ``save_to_disk`` directory or ``hf:owner/name``)."""
+
+    split: str = "train"  # the split of a DatasetDict / of load_dataset
+    name: str | None = None  # hub datasets: the configuration (load_dataset's second argument)
+    revision: str | None = None  # hub datasets: a branch, tag or commit
+
+
+@dataclass
+class ReasoningGymConfig:
+    """Settings of a ``reasoning_gym:TASK`` source: a procedural generator polled each epoch.
+
+    The first poll yields ``initial`` examples, every later poll (one per epoch) ``per_poll``
+    more, until ``size`` examples have been produced. Example ``i`` depends only on
+    (task, seed, options, i), so runs reproduce and a resumed run regenerates what it had.
+    """
+
+    seed: int = 0
+    initial: int = 200
+    per_poll: int = 50  # 0: a fixed set of ``initial`` examples
+    size: int = 100_000  # examples in the stream (reasoning-gym datasets have a fixed size)
+    # task options for reasoning_gym.create_dataset (e.g. {min_terms: 2, max_terms: 3})
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class DataConfig:
+    # A JSONL file or directory, a SQLite table (x.db, sqlite:PATH:TABLE), a Hugging Face
+    # dataset (a save_to_disk directory, a .parquet file / directory / glob, hf:owner/name),
+    # or a generator (reasoning_gym:TASK). See asrl.data.sources.open_source.
     path: str = "data/train.jsonl"
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test
     max_length: int = 512  # tokens (prompt + response); longer examples are dropped, reported
     system_prompt: str | None = None  # None: the chat template's default
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     inject: InjectConfig = field(default_factory=InjectConfig)
+    columns: ColumnsConfig = field(default_factory=ColumnsConfig)
+    hf: HFConfig = field(default_factory=HFConfig)
+    reasoning_gym: ReasoningGymConfig = field(default_factory=ReasoningGymConfig)
 
 
 @dataclass
@@ -145,6 +194,11 @@ class RewardFunctionConfig:
 class RewardConfig:
     format_weight: float = 0.15
     correctness_weight: float = 0.85
+    # How a final answer is compared with the ground truth: "contained" (the paper's: 1 exact,
+    # 0.5 contained, -0.5 otherwise) or "math_verify" (1 when math-verify finds the two
+    # mathematically equal, e.g. 1/2 and 0.5; otherwise the contained score). Records from a
+    # reasoning_gym source are always scored by their task's own scorer (0..1).
+    correctness: str = "contained"
     custom: list[RewardFunctionConfig] = field(default_factory=list)
     # A reward function that raises: "stop" (default) ends the run naming the function and
     # the example; "skip" records None for that function on that batch (never a silent 0)
@@ -248,6 +302,10 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             except ConfigError as e:
                 errors.append(str(e))
         raise ConfigError(errors[0] if errors else f"{key}: got {value!r}")
+    if origin is dict:
+        if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+            raise ConfigError(f"{key}: expected a mapping with string keys, got {value!r}")
+        return dict(value)
     if origin is list:
         if not isinstance(value, list):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
@@ -396,6 +454,7 @@ def validate(cfg: Config) -> None:
     )
     _validate_schedule(cfg.schedule)
     _validate_inject(cfg.data.inject)
+    _validate_source(cfg.data)
     _require(
         cfg.checkpoint.every in ("epoch", "phase", "none"),
         "checkpoint.every",
@@ -441,8 +500,28 @@ def _validate_inject(inj: InjectConfig) -> None:
     _require(inj.mix in MIXES, "data.inject.mix", f"use one of {', '.join(sorted(MIXES))}")
 
 
+def _validate_source(d: DataConfig) -> None:
+    rg = d.reasoning_gym
+    _require(rg.initial >= 1, "data.reasoning_gym.initial", "must be >= 1")
+    _require(rg.per_poll >= 0, "data.reasoning_gym.per_poll", "must be >= 0 (0: a fixed set)")
+    _require(rg.size >= 1, "data.reasoning_gym.size", "must be >= 1")
+    if d.path.startswith("reasoning_gym:"):
+        from asrl.data.gym import check_task  # late import: reasoning-gym is an optional extra
+
+        check_task(d.path.split(":", 1)[1], rg.options)
+
+
 def _validate_rewards(r: RewardConfig) -> None:
     _require(r.on_error in ("stop", "skip"), "reward.on_error", "use stop or skip")
+    _require(
+        r.correctness in ("contained", "math_verify"),
+        "reward.correctness",
+        f"'{r.correctness}' is not one of contained, math_verify",
+    )
+    if r.correctness == "math_verify":
+        from asrl.rewards import require_math_verify
+
+        require_math_verify()
     _require(r.max_errors >= 1, "reward.max_errors", "must be >= 1")
     from asrl.rewards import import_reward  # late import: rewards import config types
 

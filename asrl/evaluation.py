@@ -4,8 +4,10 @@
   held-out examples whose reference uses the thinking format;
 * ``eval/format_compliance`` — right format for every example (thinking where the reference
   thinks, none where it answers directly);
-* ``eval/correctness`` — fraction whose final answer exactly matches the ground truth;
-  ``eval/correctness/<type>`` the same per record type;
+* ``eval/correctness`` — fraction whose final answer gets full marks from the correctness
+  reward (an exact match; with ``reward.correctness: math_verify`` an equal value; for
+  reasoning-gym records the task scorer's 1.0); ``eval/correctness/<type>`` the same per
+  record type;
 * ``eval/reward_mean`` — the training reward on greedy outputs; ``eval/val_loss`` —
   response-token cross-entropy of the references.
 """
@@ -24,7 +26,7 @@ from asrl.data.render import prompt_ids, tokenize_all
 from asrl.generation import generate
 from asrl.models import Policy
 from asrl.phases.sft import validation_loss
-from asrl.rewards import RewardSet, correctness_score, format_ok
+from asrl.rewards import RewardSet, format_ok, make_correctness_reward
 from asrl.types import Example
 
 
@@ -75,23 +77,31 @@ def evaluate(
         )
     texts = tok.batch_decode(c_ids, skip_special_tokens=True)
     scored, components = rewards.score(mine, texts) if mine else ([], {})
+    correctness = rewards.correctness or make_correctness_reward(fmt)
+    marks = (
+        correctness(
+            prompts=[ex.prompt_text for ex in mine], completions=texts, **rewards.columns(mine)
+        )
+        if mine
+        else []
+    )
     names = [part.name for part in rewards.parts]
     rows = [
-        (len(c), text, r, [components.get(n, [None] * len(mine))[i] for n in names])
-        for i, (c, text, r) in enumerate(zip(c_ids, texts, scored))
+        (len(c), text, r, m, [components.get(n, [None] * len(mine))[i] for n in names])
+        for i, (c, text, r, m) in enumerate(zip(c_ids, texts, scored, marks))
     ]
     rows = d.unshard(d.gather(rows))  # several processes: every output, in order
-    lengths, texts, scored = [r[0] for r in rows], [r[1] for r in rows], [r[2] for r in rows]
-    components = {n: [r[3][j] for r in rows] for j, n in enumerate(names)}
+    lengths, texts = [r[0] for r in rows], [r[1] for r in rows]
+    scored, marks = [r[2] for r in rows], [r[3] for r in rows]
+    components = {n: [r[4][j] for r in rows] for j, n in enumerate(names)}
 
     thinking_ok, compliant, exact = [], [], []
     by_type: dict[str, list[float]] = defaultdict(list)
-    for ex, text in zip(examples, texts):
+    for ex, text, mark in zip(examples, texts, marks):
         if fmt.has_thinking(ex.response):
             thinking_ok.append(fmt.is_well_formed(text))
         compliant.append(format_ok(text, ex.response, fmt))
-        truth = ex.answer if ex.answer is not None else fmt.final_answer(ex.response)
-        hit = correctness_score(fmt.final_answer(text), truth) == 1.0
+        hit = mark == 1.0
         exact.append(hit)
         by_type[ex.type].append(float(hit))
 

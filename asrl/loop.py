@@ -106,7 +106,7 @@ class Run:
         if inj.at_epoch != epoch or inj.at_epoch <= 0:
             return
         path = Path(self.cfg.data.path)
-        if not isinstance(open_source(path), JsonlFile):
+        if not isinstance(open_source(path, self.cfg.data), JsonlFile):
             raise ConfigError("data.inject: needs data.path to be a JSONL file")
         recs = generate_records(inj.count, seed=inj.seed, fmt=self.cfg.format.spec(), mix=inj.mix)
         if recs and f'"{recs[0]["id"]}"' in path.read_text(encoding="utf-8"):
@@ -265,7 +265,7 @@ def prepare_output(cfg: Config, resume: bool) -> Path:
 def ensure_dataset(cfg: Config) -> None:
     """Write the synthetic starting dataset if asked to; fail early on a missing file."""
     path = Path(cfg.data.path)
-    if path.exists() or not isinstance(open_source(cfg.data.path), JsonlFile):
+    if path.exists() or not isinstance(open_source(cfg.data.path, cfg.data), JsonlFile):
         return  # an existing file or directory, or a SQLite table (a writer may create it)
     if cfg.data.generate.count > 0:
         n = write_synthetic(
@@ -322,7 +322,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     seed_everything(cfg.seed)
     policy = load_policy(cfg.model, seed=cfg.seed)
     fmt = cfg.format.spec()
-    source = open_source(cfg.data.path)
+    source = open_source(cfg.data.path, cfg.data, fmt)
     quarantine = out / "quarantine.jsonl" if d.is_main else None
     dataset = LiveDataset([source], cfg.data.split, quarantine=quarantine)
     params = policy.trainable_parameters()

@@ -11,20 +11,30 @@ Our refinement: correctness is judged on the *final answer* (text after the thin
 not on the whole response, so an answer quoted inside [LOGIC] does not count; "contained"
 matches whole tokens, so ground truth "4" is not found in "42". Records whose reference has
 no thinking block (the paper's "some without thinking") are rewarded for *not* using one.
+
+``reward.correctness: math_verify`` compares math answers by value with math-verify (1/2 =
+0.5 = \\frac{1}{2}, 2x+1 = 1+2x). Records from a reasoning-gym source carry their task's item
+(column ``reasoning_gym``) and are scored by that task's own ``score_answer`` (0..1) instead.
+Columns beyond the four above (a Hugging Face dataset's other columns, ``reasoning_gym``)
+are passed to every function too, as TRL passes every dataset column.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 import math
 import numbers
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from asrl.config import ConfigError, RewardConfig
 from asrl.data.format import ThinkingFormat
+from asrl.data.gym import score_entry
 from asrl.types import Example
 
 RewardFn = Callable[..., list[float | None]]
@@ -57,6 +67,68 @@ def correctness_score(final_answer: str, truth: str) -> float:
     return -0.5
 
 
+def require_math_verify() -> None:
+    """Fail early, with the install command, when math-verify is missing."""
+    try:
+        import math_verify  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(
+            "reward.correctness: math_verify needs the math-verify package: "
+            "pip install 'asrl[math]' (or pip install math-verify)"
+        ) from e
+
+
+_MATH_DELIMITERS = ("$", "\\(", "\\[", "\\boxed")
+_WORD = re.compile(r"(?<![\\A-Za-z])[A-Za-z]{3,}")  # a word, not a LaTeX command (\frac)
+
+
+def _timeout() -> int | None:
+    # math-verify's timeouts use SIGALRM, which only the main thread may set
+    return 5 if threading.current_thread() is threading.main_thread() else None
+
+
+@functools.lru_cache(maxsize=4096)
+def math_parse(text: str) -> tuple[Any, ...]:
+    """math-verify's reading of an answer (empty when it finds no math).
+
+    A bare expression with no word in it (``2x+1``, ``1/2``) is read as LaTeX: math-verify's
+    plain-text reader would take only its first number (``2``), and call 2 and 2x+1 equal.
+    Prose (``The answer is 42``) and delimited math (``$x$``, ``\\boxed{4}``) are read as
+    they are.
+    """
+    from math_verify import parse
+
+    text = text.strip()
+    if not text:
+        return ()
+    if not any(d in text for d in _MATH_DELIMITERS) and not _WORD.search(text):
+        found = parse(f"${text}$", parsing_timeout=_timeout())
+        if found:
+            return tuple(found)
+    return tuple(parse(text, parsing_timeout=_timeout()))
+
+
+def math_verify_score(final_answer: str, truth: str) -> float:
+    """1.0 when math-verify finds the final answer equal to the truth by value (``0.5`` for
+    ``1/2``, ``1+2x`` for ``2x+1``); otherwise :func:`correctness_score`, which also covers
+    answers that are not math at all (a name, yes/no) or that math-verify cannot parse."""
+    from math_verify import verify
+
+    try:
+        gold, got = math_parse(truth), math_parse(final_answer)
+        if gold and got and verify(list(gold), list(got), timeout_seconds=_timeout()):
+            return 1.0
+    except Exception as e:  # sympy can fail in many ways on odd input: compare as text
+        log.debug("math-verify failed on %r vs %r: %s", final_answer, truth, e)
+    return correctness_score(final_answer, truth)
+
+
+CORRECTNESS: dict[str, Callable[[str, str], float]] = {
+    "contained": correctness_score,
+    "math_verify": math_verify_score,
+}
+
+
 def format_ok(completion: str, reference: str, fmt: ThinkingFormat) -> bool:
     """Well-formed thinking when the reference thinks; no thinking block when it does not."""
     if fmt.has_thinking(reference):
@@ -71,15 +143,41 @@ def make_format_reward(fmt: ThinkingFormat) -> RewardFn:
     return format_reward
 
 
-def make_correctness_reward(fmt: ThinkingFormat) -> RewardFn:
-    def correctness_reward(prompts, completions, answer, reference, **_):
+def make_correctness_reward(fmt: ThinkingFormat, mode: str = "contained") -> RewardFn:
+    """Correctness of the final answer: by ``mode`` (a key of :data:`CORRECTNESS`), or by the
+    task's own scorer for records that carry a reasoning-gym item."""
+    compare = CORRECTNESS[mode]
+
+    def correctness_reward(prompts, completions, answer, reference, reasoning_gym=None, **_):
+        gym = reasoning_gym or [None] * len(completions)
         out: list[float | None] = []
-        for c, a, r in zip(completions, answer, reference):
+        for c, a, r, g in zip(completions, answer, reference, gym):
+            final = fmt.final_answer(c)
+            if g is not None:
+                out.append(score_entry(final, g))
+                continue
             truth = a if a is not None else fmt.final_answer(r)
-            out.append(correctness_score(fmt.final_answer(c), truth))
+            out.append(compare(final, truth))
         return out
 
     return correctness_reward
+
+
+def make_reasoning_gym_reward(fmt: ThinkingFormat) -> RewardFn:
+    """The reasoning-gym scorer alone (None for records without a reasoning-gym item)."""
+
+    def reasoning_gym_correctness(prompts, completions, reasoning_gym=None, **_):
+        gym = reasoning_gym or [None] * len(completions)
+        return [
+            None if g is None else score_entry(fmt.final_answer(c), g)
+            for c, g in zip(completions, gym)
+        ]
+
+    return reasoning_gym_correctness
+
+
+# For ``reward.custom`` or TRL, with the paper's tags: "asrl.rewards:reasoning_gym_correctness"
+reasoning_gym_correctness = make_reasoning_gym_reward(ThinkingFormat())
 
 
 def import_reward(path: str) -> RewardFn:
@@ -105,33 +203,52 @@ class RewardSet:
     """A weighted sum of reward functions; ``score`` returns totals and per-function values."""
 
     def __init__(
-        self, parts: list[WeightedReward], on_error: str = "stop", max_errors: int = 10
+        self,
+        parts: list[WeightedReward],
+        on_error: str = "stop",
+        max_errors: int = 10,
+        correctness: RewardFn | None = None,
     ) -> None:
         self.parts = parts
         self.on_error = on_error
         self.max_errors = max_errors
         self.errors = 0  # failed calls so far in this process (on_error: skip)
+        # the correctness function evaluation counts hits with (even at weight 0)
+        self.correctness = correctness
 
     @classmethod
     def from_config(cls, cfg: RewardConfig, fmt: ThinkingFormat) -> RewardSet:
+        correctness = make_correctness_reward(fmt, cfg.correctness)
         parts = [
             WeightedReward("format", make_format_reward(fmt), cfg.format_weight),
-            WeightedReward("correctness", make_correctness_reward(fmt), cfg.correctness_weight),
+            WeightedReward("correctness", correctness, cfg.correctness_weight),
         ]
         for c in cfg.custom:
             fn = import_reward(c.path)
             parts.append(WeightedReward(getattr(fn, "__name__", c.path), fn, c.weight))
-        return cls([p for p in parts if p.weight != 0], cfg.on_error, cfg.max_errors)
+        keep = [p for p in parts if p.weight != 0]
+        return cls(keep, cfg.on_error, cfg.max_errors, correctness)
 
-    def score(
-        self, examples: list[Example], completions: list[str]
-    ) -> tuple[list[float], dict[str, list[float | None]]]:
-        columns = {
+    @staticmethod
+    def columns(examples: list[Example]) -> dict[str, list[Any]]:
+        """Keyword arguments for reward functions: our four columns, then every other column
+        any example carries (None where one does not), as TRL passes dataset columns."""
+        columns: dict[str, list[Any]] = {
             "answer": [e.answer for e in examples],
             "reference": [e.response for e in examples],
             "type": [e.type for e in examples],
             "id": [e.id for e in examples],
         }
+        reserved = {*columns, "prompts", "completions"}
+        extra = sorted({k for e in examples for k in e.extra} - reserved)
+        for key in extra:
+            columns[key] = [e.extra.get(key) for e in examples]
+        return columns
+
+    def score(
+        self, examples: list[Example], completions: list[str]
+    ) -> tuple[list[float], dict[str, list[float | None]]]:
+        columns = self.columns(examples)
         prompts = [e.prompt_text for e in examples]
         components: dict[str, list[float | None]] = {}
         totals = [0.0] * len(completions)

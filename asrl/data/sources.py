@@ -15,13 +15,16 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 from asrl.data.format import ThinkingFormat
-from asrl.data.records import parse_line, parse_row
+from asrl.data.records import RecordError, parse_line, parse_row
 from asrl.data.synthetic import generate_records
 from asrl.types import Example
+
+if TYPE_CHECKING:
+    from asrl.config import DataConfig
 
 READ_CHUNK = 1 << 22  # bytes per read: a 200 MB file is never held in memory at once
 SQL_BATCH = 2000  # rows per query: each query is a short read, so writers are never starved
@@ -39,8 +42,11 @@ class RawRecord:
 
     data: bytes | dict[str, Any]
     where: str  # "file.jsonl:12" (line number) or "file.db:rowid 7", for error reports
+    error: str | None = None  # a generator that failed on this item: the quarantine reason
 
     def parse(self) -> Example:
+        if self.error is not None:
+            raise RecordError(self.error)
         return parse_line(self.data) if isinstance(self.data, bytes) else parse_row(self.data)
 
     def preview(self, limit: int = 4096) -> str:
@@ -224,16 +230,36 @@ class SqliteTable:
         self.rowid, self.limit = 0, int(state["rowid"])
 
 
-def open_source(path: str | Path) -> Source:
-    """The source for a dataset path: a directory of JSONL files, a SQLite database
-    (``.db``/``.sqlite``/``.sqlite3``, or ``sqlite:PATH[:TABLE]``), else a JSONL file."""
+def open_source(
+    path: str | Path, data: DataConfig | None = None, fmt: ThinkingFormat | None = None
+) -> Source:
+    """The source for a dataset path (``data.path``); ``data`` holds the settings of Hugging
+    Face and reasoning-gym sources (defaults when None), ``fmt`` the thinking format that
+    generated references are rendered in.
+
+    * ``reasoning_gym:TASK`` — a reasoning-gym generator, growing at every poll;
+    * ``hf:OWNER/NAME`` — a Hugging Face hub dataset (needs network or the local cache);
+    * a ``save_to_disk`` directory, a ``.parquet`` file, a directory or glob of them — a
+      static snapshot, read once;
+    * ``sqlite:PATH[:TABLE]`` or a ``.db``/``.sqlite``/``.sqlite3`` file — a SQLite table;
+    * a directory (of JSONL files), else a JSONL file.
+    """
     text = str(path)
+    if text.startswith("reasoning_gym:"):
+        from asrl.data.gym import ReasoningGymSource
+
+        rg = data.reasoning_gym if data is not None else None
+        return ReasoningGymSource.from_config(text.split(":", 1)[1], rg, fmt)
     if text.startswith("sqlite:"):
         rest = text[len("sqlite:") :]
         db, sep, table = rest.rpartition(":")
         if sep and re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", table):
             return SqliteTable(db, table)
         return SqliteTable(rest)
+    from asrl.data.hf import HFSource, is_hf_path
+
+    if is_hf_path(text):
+        return HFSource.from_config(text, data)
     p = Path(text)
     if p.is_dir():
         return JsonlDir(p)
