@@ -308,8 +308,11 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     ensure_dataset(cfg)
     seed_everything(cfg.seed)
     write_json(out / "config.json", cfg.to_dict())
-    policy = load_policy(cfg.model, seed=cfg.seed)
     fmt = cfg.format.spec()
+    # before the model loads: an LLM judge (reward.judge) is probed here, so a wrong URL
+    # fails in seconds
+    rewards = RewardSet.from_config(cfg.reward, fmt)
+    policy = load_policy(cfg.model, seed=cfg.seed)
     source = open_source(cfg.data.path)
     dataset = LiveDataset([source], cfg.data.split, quarantine=out / "quarantine.jsonl")
     params = policy.trainable_parameters()
@@ -327,7 +330,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         out,
         policy,
         dataset,
-        RewardSet.from_config(cfg.reward, fmt),
+        rewards,
         MetricsLog(out / "metrics.jsonl"),
         optimizers,
         stopper,
