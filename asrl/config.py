@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
+import string
 import types
 import typing
 from dataclasses import dataclass, field
@@ -190,6 +192,46 @@ class RewardFunctionConfig:
     weight: float = 1.0
 
 
+# The judge's prompt. Fields: {question} (the last user turn), {answer} (the record's ground
+# truth, else its reference response's final answer), {reference} (the whole reference
+# response), {completion}. Literal braces are written {{ and }}.
+JUDGE_PROMPT = """You are grading a model's answer to a question, against a reference answer.
+
+Question:
+{question}
+
+Reference answer:
+{answer}
+
+Model's answer:
+{completion}
+
+Rate the model's answer from 1 to 10: 10 when its final answer agrees with the reference and its \
+reasoning is sound, 1 when it is wrong or missing. Reply with the number only."""
+JUDGE_FIELDS = ("question", "answer", "reference", "completion")
+
+
+@dataclass
+class JudgeConfig:
+    """An LLM judge through any OpenAI-compatible chat endpoint (llama.cpp, vLLM, Ollama, a
+    hosted API): it rates each completion 1-10 against the reference; the reward is
+    (score - 1) / 9, in [0, 1]. Off while ``weight`` is 0. See asrl/judge.py."""
+
+    weight: float = 0.0
+    base_url: str = "http://localhost:8080/v1"
+    model: str = ""
+    api_key_env: str | None = None  # name of the env var holding the key; None: no key
+    timeout_s: float = 60.0  # per request
+    max_retries: int = 2  # on connection errors, timeouts, 408/409/429/5xx (the openai client)
+    concurrency: int = 4  # requests in flight while scoring a batch
+    temperature: float = 0.0  # greedy: the same completion gets the same score
+    max_tokens: int | None = 16  # reply budget; raise it for models that think first
+    prompt: str = JUDGE_PROMPT
+    # one judge call on a fixed example when the run starts, before the model loads: a wrong
+    # URL, model name or key fails in seconds, not at the first GRPO round
+    probe: bool = True
+
+
 @dataclass
 class RewardConfig:
     format_weight: float = 0.15
@@ -200,6 +242,7 @@ class RewardConfig:
     # reasoning_gym source are always scored by their task's own scorer (0..1).
     correctness: str = "contained"
     custom: list[RewardFunctionConfig] = field(default_factory=list)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
     # A reward function that raises: "stop" (default) ends the run naming the function and
     # the example; "skip" records None for that function on that batch (never a silent 0)
     # and counts it (train/reward_errors), stopping after max_errors in the run.
@@ -523,6 +566,7 @@ def _validate_rewards(r: RewardConfig) -> None:
 
         require_math_verify()
     _require(r.max_errors >= 1, "reward.max_errors", "must be >= 1")
+    _validate_judge(r.judge)
     from asrl.rewards import import_reward  # late import: rewards import config types
 
     for i, c in enumerate(r.custom):
@@ -551,6 +595,47 @@ def _validate_report_to(report_to: list[str]) -> None:
         "'none' turns every tracker off; it cannot be combined with others",
     )
     check_available(report_to)  # wandb / trackio asked for but not installed: say so now
+
+
+def _validate_judge(j: JudgeConfig) -> None:
+    """Checks without the network; the endpoint itself is probed when the rewards are built."""
+    _require(j.timeout_s > 0, "reward.judge.timeout_s", "must be > 0 seconds")
+    _require(j.max_retries >= 0, "reward.judge.max_retries", "must be >= 0")
+    _require(j.concurrency >= 1, "reward.judge.concurrency", "must be >= 1")
+    _require(j.temperature >= 0, "reward.judge.temperature", "must be >= 0")
+    _require(j.max_tokens is None or j.max_tokens >= 1, "reward.judge.max_tokens", "must be >= 1")
+    try:
+        fields = {name for _, name, _, _ in string.Formatter().parse(j.prompt) if name is not None}
+    except ValueError as e:
+        raise ConfigError(
+            f"reward.judge.prompt: {e} (write literal braces as {{{{ and }}}})"
+        ) from e
+    unknown = fields - set(JUDGE_FIELDS)
+    _require(
+        not unknown,
+        "reward.judge.prompt",
+        f"unknown field(s) {', '.join(sorted('{' + f + '}' for f in unknown))}; "
+        f"use {', '.join('{' + f + '}' for f in JUDGE_FIELDS)} (literal braces: {{{{ }}}})",
+    )
+    _require("completion" in fields, "reward.judge.prompt", "must contain {completion}")
+    if j.weight == 0:
+        return
+    _require(
+        j.base_url.startswith(("http://", "https://")),
+        "reward.judge.base_url",
+        f"'{j.base_url}' is not an http(s) URL (e.g. http://localhost:8080/v1)",
+    )
+    _require(bool(j.model), "reward.judge.model", "name the judge model the server serves")
+    if j.api_key_env is not None:
+        _require(
+            bool(os.environ.get(j.api_key_env)),
+            "reward.judge.api_key_env",
+            f"environment variable {j.api_key_env} is not set (or empty); export the key "
+            "there, or remove api_key_env for a server that needs none",
+        )
+    from asrl.judge import import_openai  # late import: judge imports config types
+
+    import_openai()
 
 
 def _validate_model_path(name: str) -> None:

@@ -320,8 +320,11 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         write_json(out / "config.json", cfg.to_dict())
     d.barrier()
     seed_everything(cfg.seed)
-    policy = load_policy(cfg.model, seed=cfg.seed)
     fmt = cfg.format.spec()
+    # before the model loads: an LLM judge (reward.judge) is probed here, so a wrong URL
+    # fails in seconds
+    rewards = RewardSet.from_config(cfg.reward, fmt)
+    policy = load_policy(cfg.model, seed=cfg.seed)
     source = open_source(cfg.data.path, cfg.data, fmt)
     quarantine = out / "quarantine.jsonl" if d.is_main else None
     dataset = LiveDataset([source], cfg.data.split, quarantine=quarantine)
@@ -341,7 +344,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         out,
         policy,
         dataset,
-        RewardSet.from_config(cfg.reward, fmt),
+        rewards,
         MetricsLog(
             out / "metrics.jsonl",
             out / "samples.jsonl",

@@ -226,6 +226,13 @@ class RewardSet:
         for c in cfg.custom:
             fn = import_reward(c.path)
             parts.append(WeightedReward(getattr(fn, "__name__", c.path), fn, c.weight))
+        if cfg.judge.weight != 0:
+            from asrl.judge import JudgeReward  # late import: only runs that use a judge
+
+            judge = JudgeReward(cfg.judge, fmt)
+            if cfg.judge.probe:
+                judge.probe()  # fails here, naming the URL, before any training work
+            parts.append(WeightedReward("judge", judge, cfg.judge.weight))
         keep = [p for p in parts if p.weight != 0]
         return cls(keep, cfg.on_error, cfg.max_errors, correctness)
 
@@ -284,12 +291,35 @@ class RewardSet:
                 f"{msg}. That is {self.errors} reward errors in this run, over "
                 f"reward.max_errors={self.max_errors}; fix the function"
             ) from err
+        if isinstance(err, PartialRewardError):
+            try:  # keep what it did score; None where it failed
+                values = _checked(err.values, len(examples))
+            except (TypeError, ValueError):
+                values = [None] * len(examples)
+            missing = sum(v is None for v in values)
+            log.warning(
+                "%s; None for %d of its %d values (reward.on_error: skip)",
+                msg,
+                missing,
+                len(values),
+            )
+            return values
         log.warning("%s; its values are None for this batch (reward.on_error: skip)", msg)
         return [None] * len(examples)
 
 
 class RewardError(RuntimeError):
     """A reward function raised or returned something unusable; the message names it."""
+
+
+class PartialRewardError(RuntimeError):
+    """Raised by a reward function that scored some completions but not all (e.g. a judge
+    that timed out on one). ``values`` holds what it has, None where it failed: with
+    ``on_error: skip`` those are kept (one error counted); with ``stop`` the run stops."""
+
+    def __init__(self, message: str, values: list[float | None]) -> None:
+        super().__init__(message)
+        self.values = values
 
 
 def _checked(values: object, n: int) -> list[float | None]:
