@@ -215,7 +215,7 @@ def trl_grpo(a) -> dict:
             generation_batch_size=a.questions * G,
             max_steps=1,
             learning_rate=2e-5,
-            **_common(a, out),
+            **{**_common(a, out), "logging_steps": 1},  # to read the completion lengths
         )
         trainer = GRPOTrainer(
             model=model,
@@ -231,7 +231,8 @@ def trl_grpo(a) -> dict:
         t = time.perf_counter()
         trainer.train()
         s = time.perf_counter() - t
-    return {"seconds": s, "generated": None}
+    logged = next(x for x in trainer.state.log_history if "completions/mean_length" in x)
+    return {"seconds": s, "generated": round(logged["completions/mean_length"] * a.questions * G)}
 
 
 WORKERS = {"asrl-sft": asrl_sft, "trl-sft": trl_sft, "asrl-grpo": asrl_grpo, "trl-grpo": trl_grpo}
@@ -326,6 +327,8 @@ def main() -> None:
         label = f"GRPO {a.questions}x{a.generations}x{a.new_tokens} (s)"
         so, st = med("asrl-grpo", "seconds"), med("trl-grpo", "seconds")
         print(f"{label:36s} {so:10.1f} {st:10.1f} {so / st:9.2f}")
+        go, gt = med("asrl-grpo", "generated"), med("trl-grpo", "generated")
+        print(f"{'  tokens generated':36s} {go:10.0f} {gt:10.0f} {go / gt:9.2f}")
         ro, rt = med("asrl-grpo", "rss_mb"), med("trl-grpo", "rss_mb")
         print(f"{'  peak RSS (MB)':36s} {ro:10.0f} {rt:10.0f} {ro / rt:9.2f}")
     print(f"precision {a.precision}; medians of {a.sft_repeats} SFT / {a.repeats} GRPO readings")

@@ -120,3 +120,17 @@ def test_results_statistics(tmp_path):
     assert 0.05 < p < 0.25 and math.isclose(p, welch_p([0.5, 0.7], [0.9, 1.0]))
     assert math.isnan(res["asrl"]["p_vs_asrl"]["format_accuracy"])
     assert math.isnan(welch_p([0.5], [0.9, 1.0]))
+
+
+def test_compare_reads_a_generator_source_as_configured(tmp_path, capsys):
+    """reasoning_gym: (and hf:, globs) are not files to copy: every run reads the source."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "-c", "configs/tiny.yaml", "--methods", "sft", "--seeds", "1"]
+    argv += ["-o", str(out), "--set", "data.path=reasoning_gym:basic_arithmetic"]
+    for o in [*FAST, "schedule.epochs=1", "data.reasoning_gym.initial=16"]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    rdir = out / "runs" / "sft-s0"
+    assert not list(rdir.glob("data*"))  # nothing copied
+    sizes = json.loads((rdir / "summary.json").read_text())["data_sizes"][0]
+    assert sum(v for k, v in sizes.items() if k != "epoch") == 16

@@ -41,9 +41,17 @@ def run_dir(out: Path, method: str, seed: int) -> Path:
     return out / "runs" / f"{method}-s{seed}"
 
 
-def _starting_data(cfg_path: str, overrides: list[str], out: Path) -> Path:
-    """The data every run starts from: data.path, or a synthetic file written once."""
+def _starting_data(cfg_path: str, overrides: list[str], out: Path) -> Path | None:
+    """The data every run starts from: data.path, or a synthetic file written once; None for
+    a generator or a remote/glob source (reasoning_gym:, hf:, *.parquet), which every run
+    reads as configured (deterministic by its seed, and never appended to)."""
     cfg = load_config(cfg_path, overrides)
+    if cfg.data.path.startswith(("reasoning_gym:", "hf:")) or any(
+        c in cfg.data.path for c in "*?["
+    ):
+        if cfg.data.inject.at_epoch > 0:
+            raise ConfigError("--inject-at needs data.path to be a local JSONL file")
+        return None
     src = Path(cfg.data.path)
     if src.exists():
         return src
@@ -74,15 +82,19 @@ def _command(
     args: argparse.Namespace,
     overrides: list[str],
     rdir: Path,
-    src: Path,
+    src: Path | None,
     method: str,
     seed: int,
     threads: int,
 ) -> tuple[list[str], bool]:
     resume = any((rdir / "checkpoints").glob("*/state.json"))
-    data = next(rdir.glob("data*")) if resume else _fresh_copy(src, rdir)
+    if src is None:
+        rdir.mkdir(parents=True, exist_ok=True)
+    data = src and (next(rdir.glob("data*")) if resume else _fresh_copy(src, rdir))
     cmd = [sys.executable, "-m", "asrl", "train", "-c", args.config, "-o", str(rdir)]
-    sets = [*overrides, f"schedule.method={method}", f"seed={seed}", f"data.path={data}"]
+    sets = [*overrides, f"schedule.method={method}", f"seed={seed}"]
+    if data is not None:
+        sets.append(f"data.path={data}")
     if args.jobs > 1:
         sets.append(f"model.threads={threads}")
     for o in sets:
