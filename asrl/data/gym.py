@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from asrl.config import ConfigError
 from asrl.data.format import ThinkingFormat
-from asrl.data.sources import RawRecord
+from asrl.data.sources import CounterCursor, RawRecord
 
 if TYPE_CHECKING:
     from asrl.config import ReasoningGymConfig
@@ -126,7 +126,7 @@ def reference_response(entry: Mapping[str, Any], task: str, fmt: ThinkingFormat)
     return fmt.render(texts, answer)
 
 
-class ReasoningGymSource:
+class ReasoningGymSource(CounterCursor):
     """A reasoning-gym task as a growing source; the cursor is the index of the next item."""
 
     def __init__(
@@ -144,6 +144,7 @@ class ReasoningGymSource:
         self.options = dict(options or {})
         self.fmt = fmt or ThinkingFormat()
         self.name = f"reasoning_gym:{task}"
+        self.cursor = "index"
         self.index = 0  # the next item
         self.limit: int | None = None  # replaying: stop before this index
 
@@ -200,12 +201,3 @@ class ReasoningGymSource:
                 yield RawRecord({"index": i}, where, error=reason)
                 continue
             yield RawRecord(rec, where)
-
-    def state(self) -> dict[str, Any]:
-        return {"index": self.index}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.index = int(state["index"])
-
-    def restore_until(self, state: dict[str, Any]) -> None:
-        self.index, self.limit = 0, int(state["index"])

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from asrl.config import ConfigError
-from asrl.data.sources import RawRecord
+from asrl.data.sources import CounterCursor, RawRecord
 
 if TYPE_CHECKING:
     from asrl.config import DataConfig
@@ -57,7 +57,7 @@ def map_columns(row: Mapping[str, Any], columns: Mapping[str, str]) -> dict[str,
     return out
 
 
-class HFSource:
+class HFSource(CounterCursor):
     """Rows of a Hugging Face dataset or of parquet files, read once, in order."""
 
     def __init__(
@@ -77,6 +77,7 @@ class HFSource:
         self.name = spec  # key of the cursor in checkpoints
         self.columns = {f: f for f in RECORD_FIELDS} | dict(columns or {})
         self.split, self.config_name, self.revision = split, name, revision
+        self.cursor = "rows"
         self.rows = 0  # rows consumed
         self.limit: int | None = None  # replaying: stop at this row
         self._dataset: Any = None  # datasets.Dataset, loaded at the first poll
@@ -173,15 +174,6 @@ class HFSource:
             i = self.rows
             self.rows += 1
             yield RawRecord(map_columns(row, self.columns), f"{label}:row {i}")
-
-    def state(self) -> dict[str, Any]:
-        return {"rows": self.rows}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.rows = int(state["rows"])
-
-    def restore_until(self, state: dict[str, Any]) -> None:
-        self.rows, self.limit = 0, int(state["rows"])
 
 
 def _parquet_files(spec: str) -> list[Path]:

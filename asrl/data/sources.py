@@ -165,7 +165,26 @@ class JsonlDir:
         self.only = set(self.files)
 
 
-class SqliteTable:
+class CounterCursor:
+    """State for a source whose position is one integer, the attribute named ``cursor``
+    (a row id, a row count, an item index); ``limit`` caps a replay (``restore_until``)."""
+
+    cursor: str
+    limit: int | None
+
+    def state(self) -> dict[str, Any]:
+        return {self.cursor: getattr(self, self.cursor)}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        setattr(self, self.cursor, int(state[self.cursor]))
+
+    def restore_until(self, state: dict[str, Any]) -> None:
+        """Replay from the start up to a saved cursor (see JsonlFile.restore_until)."""
+        setattr(self, self.cursor, 0)
+        self.limit = int(state[self.cursor])
+
+
+class SqliteTable(CounterCursor):
     """A SQLite table read incrementally by rowid (rows are appended, not edited).
 
     Opened read-only: the trainer never locks a writer out or creates a database by mistake.
@@ -178,6 +197,7 @@ class SqliteTable:
         self.path = Path(path)
         self.table = table
         self.name = f"sqlite:{self.path}:{table}"
+        self.cursor = "rowid"
         self.rowid = 0
         self.limit: int | None = None  # replaying: stop at this rowid
 
@@ -219,15 +239,6 @@ class SqliteTable:
                     break
         finally:
             conn.close()
-
-    def state(self) -> dict[str, Any]:
-        return {"rowid": self.rowid}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        self.rowid = int(state["rowid"])
-
-    def restore_until(self, state: dict[str, Any]) -> None:
-        self.rowid, self.limit = 0, int(state["rowid"])
 
 
 def open_source(
