@@ -277,6 +277,9 @@ def grpo_update(
     eps_high = cfg.epsilon if cfg.epsilon_high is None else cfg.epsilon_high
 
     def micro(idx: list[int]) -> list[list[int]]:
+        # A micro-batch costs rows x (longest prompt + longest completion): rows of similar
+        # length share one (a step's gradient is the same sum whatever the grouping).
+        idx = sorted(idx, key=lambda i: (len(ro.prompt_ids[i]), len(ro.completion_ids[i])))
         return [idx[i : i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
 
     def batch_of(mb: list[int]) -> _Batch:
