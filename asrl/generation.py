@@ -1,7 +1,17 @@
-"""Rollout backend: batched transformers ``generate`` with the LoRA merged in.
+"""Rollout backend: a KV-cached decoding loop with the LoRA merged in.
+
+Why not ``model.generate``: a GRPO round samples G completions of each prompt, and on a CPU
+two things dominated transformers' generate there (measured, docs/PERFORMANCE.md):
+
+* the prefill ran every prompt G times: here each distinct prompt is prefilled once and its
+  KV cache copied to its G rows;
+* top-p sorted the whole vocabulary for every row at every step, and multinomial sampled
+  over all of it: here ``sample_top_p`` finds the nucleus among the top 1024 tokens (exact:
+  it falls back to a full sort for a row whose top 1024 hold less than ``top_p``), and
+  samples within it. The distribution is transformers' (TopPLogitsWarper), tested.
 
 Merged weights make every decoding step one matmul per projection instead of three (base,
-A, B); measured faster on CPU. Sampling is seeded from (seed, epoch, step), so runs reproduce.
+A, B). Sampling is seeded, so runs reproduce.
 """
 
 from __future__ import annotations
@@ -10,6 +20,47 @@ import torch
 
 from asrl.models import Policy
 from asrl.phases.common import TrainingDiverged
+
+NUCLEUS_CANDIDATES = 1024  # tokens searched for the nucleus before falling back to a sort
+
+
+def top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask (B, V) of the tokens transformers' TopPLogitsWarper keeps (reference version).
+
+    A token is kept when the probability mass strictly above it (in descending order) is
+    below ``top_p``; the most likely token is always kept.
+    """
+    sorted_scores, order = torch.sort(scores, descending=True)
+    probs = sorted_scores.softmax(-1)
+    above = probs.cumsum(-1) - probs  # mass strictly above each token
+    keep_sorted = above < top_p
+    keep_sorted[:, 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def sample_top_p(
+    scores: torch.Tensor, top_p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One token per row from softmax(scores) restricted to the top-p nucleus. (B, V) -> (B,)."""
+    if top_p >= 1.0:
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+    k = min(NUCLEUS_CANDIDATES, scores.size(-1))
+    top, idx = scores.topk(k, dim=-1)  # (B, k), descending
+    probs = (top - scores.logsumexp(-1, keepdim=True)).exp()  # true probabilities
+    above = probs.cumsum(-1) - probs
+    keep = above < top_p
+    keep[:, 0] = True
+    covered = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
+    out = torch.empty(scores.size(0), dtype=torch.long, device=scores.device)
+    if covered.any():
+        w = torch.where(keep[covered], probs[covered], torch.zeros_like(probs[covered]))
+        pick = torch.multinomial(w, 1, generator=generator).squeeze(-1)
+        out[covered] = idx[covered].gather(-1, pick[:, None]).squeeze(-1)
+    if not covered.all():  # a flat distribution: the exact, slow way for those rows
+        rest = scores[~covered]
+        masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
+        out[~covered] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
+    return out
 
 
 @torch.inference_mode()
@@ -26,51 +77,82 @@ def generate(
     """Complete each prompt; returns the new token ids, cut after the first end-of-turn.
 
     The end-of-turn token is kept (the policy is trained to emit it); a completion that hit
-    ``max_new_tokens`` has none.
+    ``max_new_tokens`` has none. Rows with the same prompt share one prefill.
     """
-    tok = policy.tokenizer
-    eos, pad = tok.eos_token_id, tok.pad_token_id
     batch_size = batch_size or len(prompts)
     out: list[list[int]] = []
     was_training = policy.model.training
     policy.model.eval()
-    with torch.random.fork_rng(devices=[policy.device] if policy.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        with policy.merged(), policy.autocast():
-            for start in range(0, len(prompts), batch_size):
-                chunk = prompts[start : start + batch_size]
-                width = max(len(p) for p in chunk)
-                ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-                attn = torch.zeros_like(ids)
-                for i, p in enumerate(chunk):  # left padding: every row ends at the same place
-                    ids[i, width - len(p) :] = torch.tensor(p)
-                    attn[i, width - len(p) :] = 1
-                sampling = (
-                    {"do_sample": False}
-                    if greedy
-                    else {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-                )
-                try:
-                    seqs = policy.model.generate(
-                        input_ids=ids.to(policy.device),
-                        attention_mask=attn.to(policy.device),
-                        max_new_tokens=max_new_tokens,
-                        pad_token_id=pad,
-                        eos_token_id=eos,
-                        **sampling,
-                    )
-                except RuntimeError as e:
-                    # torch.multinomial's complaint when the weights have gone NaN/inf: say
-                    # what it means instead of a sampling internals traceback
-                    if "probability tensor contains" not in str(e):
-                        raise
-                    raise TrainingDiverged(
-                        "generation: the model's next-token probabilities are NaN/inf (the "
-                        "weights have diverged); try a lower learning rate"
-                    ) from e
-                for row in seqs[:, width:].tolist():
-                    if eos in row:
-                        row = row[: row.index(eos) + 1]
-                    out.append(row)
+    gen = torch.Generator(device=policy.device).manual_seed(seed)
+    with policy.merged(), policy.autocast():
+        for start in range(0, len(prompts), batch_size):
+            chunk = prompts[start : start + batch_size]
+            out += _decode(policy, chunk, max_new_tokens, temperature, top_p, greedy, gen)
     policy.model.train(was_training)
+    return out
+
+
+def _decode(
+    policy: Policy,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    gen: torch.Generator,
+) -> list[list[int]]:
+    tok, model, dev = policy.tokenizer, policy.model, policy.device
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+    unique = list(distinct)
+    width = max(len(p) for p in unique)
+    ids = torch.full((len(unique), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(unique):  # left padding: every row ends at the same place
+        ids[i, width - len(p) :] = torch.tensor(p)
+        attn[i, width - len(p) :] = 1
+    ids, attn, rows = ids.to(dev), attn.to(dev), rows.to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    res = model(
+        input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
+    )
+    cache = res.past_key_values
+    if len(unique) < len(prompts):
+        cache.batch_select_indices(rows)  # each row its own copy of its prompt's cache
+    logits, attn, last = res.logits[rows, -1], attn[rows], pos[rows, -1]
+    done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+    steps: list[torch.Tensor] = []
+    for t in range(max_new_tokens):
+        scores = logits.float()
+        if greedy:
+            nxt = scores.argmax(-1)
+        else:
+            if not torch.isfinite(scores).all():
+                raise TrainingDiverged(
+                    "generation: the model's next-token probabilities are NaN/inf (the "
+                    "weights have diverged); try a lower learning rate"
+                )
+            nxt = sample_top_p(scores / temperature, top_p, gen)
+        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+        steps.append(nxt)
+        done |= nxt == eos
+        if done.all() or t + 1 == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        last = last + 1
+        res = model(
+            input_ids=nxt[:, None],
+            attention_mask=attn,
+            position_ids=last[:, None],
+            past_key_values=cache,
+            cache_position=torch.tensor([width + t], device=dev),
+            use_cache=True,
+        )
+        cache, logits = res.past_key_values, res.logits[:, -1]
+    out = []
+    for row in torch.stack(steps, dim=1).tolist() if steps else [[] for _ in prompts]:
+        if eos in row:
+            row = row[: row.index(eos) + 1]
+        out.append(row)
     return out

@@ -36,6 +36,8 @@ def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
         assert (out / "runs" / run / "data.jsonl").is_file()  # its own copy of the data
     report = (out / "report.md").read_text()
     assert "| asrl |" in report and "| sft |" in report and "asrl compare" in report
+    assert "## Format accuracy per epoch" in report and "## Correctness per epoch" in report
+    assert "| epoch 0 | epoch 1 | epoch 2 |" in report
     results = json.loads((out / "results.json").read_text())["methods"]
     assert set(results) == {"asrl", "sft"}
     for r in results.values():

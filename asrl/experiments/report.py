@@ -158,6 +158,8 @@ def render_report(
             f"| {_p(r['p_vs_asrl']['correctness'])} | {_pm(c['tokens_trained'], False)} "
             f"| {_pm(c['tokens_generated'], False)} | {_pm(c['seconds'], False)} |"
         )
+    for key, title in (("format_accuracy", "Format accuracy"), ("correctness", "Correctness")):
+        lines += _per_epoch_table(results, key, title)
     if args.inject_at:
         lines += [
             "",
@@ -177,6 +179,23 @@ def render_report(
         lines += ["", f"Failed runs (seeds): {failed}"]
     lines += ["", "![curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _per_epoch_table(results: dict[str, Any], key: str, title: str) -> list[str]:
+    """Mean ± std over seeds (%) of the last held-out eval of each epoch, a row per method."""
+    epochs = sorted({p["epoch"] for r in results.values() for p in r["per_epoch"][key]})
+    lines = [
+        "",
+        f"## {title} per epoch (held-out, after the epoch's last phase; mean ± std %)",
+        "",
+        "| method | " + " | ".join(f"epoch {e}" for e in epochs) + " |",
+        "|---|" + "---|" * len(epochs),
+    ]
+    for m, r in results.items():
+        by_epoch = {p["epoch"]: p for p in r["per_epoch"][key]}
+        cells = [_pm(by_epoch[e]) if e in by_epoch else "–" for e in epochs]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_outputs(

@@ -47,6 +47,56 @@ def completion_logps(
     return token_logps(logits, input_ids[:, -n_completion:])
 
 
+def shared_prompt_logps(
+    model: torch.nn.Module,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_completion: int,
+    temperature: float = 1.0,
+) -> torch.Tensor:
+    """``completion_logps`` with each distinct prompt run once (GRPO groups share one).
+
+    Rows are left-padded prompts followed by right-padded completions. The distinct prompts
+    are run once, their KV cache is copied to every row that has them (a differentiable
+    copy: the gradient of the shared prompt sums over its rows, as it would with the prompt
+    repeated), then the completions run on top. Equal to ``completion_logps`` (tested); it
+    saves (rows - distinct prompts) x prompt length tokens of forward and backward.
+    """
+    C = n_completion
+    P = input_ids.size(1) - C
+    prompt_ids, prompt_mask = input_ids[:, :P], attention_mask[:, :P]
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = [distinct.setdefault(tuple(r), len(distinct)) for r in prompt_ids.tolist()]
+    if len(distinct) == len(rows):
+        return completion_logps(model, input_ids, attention_mask, C, temperature)
+    first = torch.tensor([rows.index(u) for u in range(len(distinct))], device=input_ids.device)
+    select = torch.tensor(rows, device=input_ids.device)
+    pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
+    out = model(
+        input_ids=prompt_ids[first],
+        attention_mask=prompt_mask[first],
+        position_ids=pos[first, :P],
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    logits = out.logits[select]  # (B, 1, V): the last prompt position predicts token 0
+    if C > 1:
+        cache = out.past_key_values
+        cache.batch_select_indices(select)
+        rest = model(
+            input_ids=input_ids[:, P : P + C - 1],
+            attention_mask=attention_mask[:, : P + C - 1],
+            position_ids=pos[:, P : P + C - 1],
+            past_key_values=cache,
+            cache_position=torch.arange(P, P + C - 1, device=input_ids.device),
+            use_cache=True,
+        ).logits  # (B, C - 1, V)
+        logits = torch.cat([logits, rest], dim=1)
+    if temperature != 1.0:
+        logits = logits / temperature
+    return token_logps(logits, input_ids[:, P:])
+
+
 class TrainingDiverged(RuntimeError):
     """Too many optimizer steps in a row had a non-finite loss or gradient norm."""
 

@@ -20,7 +20,7 @@ from asrl.config import GRPOConfig
 from asrl.data.render import prompt_ids
 from asrl.generation import generate
 from asrl.models import Policy
-from asrl.phases.common import clip_and_step, completion_logps, set_lr
+from asrl.phases.common import clip_and_step, set_lr, shared_prompt_logps
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult, Rollout
 
@@ -212,7 +212,7 @@ def _flat(groups: list[list]) -> list:
 def _logps(policy: Policy, b: _Batch, temperature: float) -> torch.Tensor:
     dev = policy.device
     with policy.autocast():
-        return completion_logps(
+        return shared_prompt_logps(
             policy.model,
             b.input_ids.to(dev),
             b.attention_mask.to(dev),
