@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -249,7 +250,7 @@ def prepare_output(cfg: Config, resume: bool) -> Path:
     out = Path(cfg.output_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: several may check at once
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:
