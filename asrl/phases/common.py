@@ -42,9 +42,14 @@ def completion_logps(
     logits = model(
         input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_completion + 1
     ).logits[:, :-1]  # (B, C, V)
-    if temperature != 1.0:
-        logits = logits / temperature
-    return token_logps(logits, input_ids[:, -n_completion:])
+    return _tempered_logps(logits, input_ids[:, -n_completion:], temperature)
+
+
+def _tempered_logps(
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """``token_logps`` of logits divided by the sampling temperature."""
+    return token_logps(logits / temperature if temperature != 1.0 else logits, targets)
 
 
 def shared_prompt_logps(
@@ -92,9 +97,7 @@ def shared_prompt_logps(
             use_cache=True,
         ).logits  # (B, C - 1, V)
         logits = torch.cat([logits, rest], dim=1)
-    if temperature != 1.0:
-        logits = logits / temperature
-    return token_logps(logits, input_ids[:, P:])
+    return _tempered_logps(logits, input_ids[:, P:], temperature)
 
 
 class TrainingDiverged(RuntimeError):

@@ -282,6 +282,8 @@ def grpo_update(
         idx = sorted(idx, key=lambda i: (len(ro.prompt_ids[i]), len(ro.completion_ids[i])))
         return [idx[i : i + cfg.micro_batch_size] for i in range(0, len(idx), cfg.micro_batch_size)]
 
+    step_mbs = [micro(step_idx) for step_idx in steps]  # the same grouping for every pass
+
     def batch_of(mb: list[int]) -> _Batch:
         return _pack([ro.prompt_ids[i] for i in mb], [ro.completion_ids[i] for i in mb], pad)
 
@@ -290,8 +292,8 @@ def grpo_update(
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad():
-        for k, step_idx in enumerate(steps):
-            for mb in d.shard(micro(step_idx)):
+        for k, mbs in enumerate(step_mbs):
+            for mb in d.shard(mbs):
                 if k == 0 and cfg.beta == 0:
                     continue  # on-policy: old = logps.detach(), no extra pass
                 b = batch_of(mb)
@@ -308,7 +310,7 @@ def grpo_update(
     for k, step_idx in enumerate(steps):
         lr_frac = 1.0 - (1.0 - cfg.lr_final_ratio) * (k / max(len(steps) - 1, 1))
         set_lr(optimizer, cfg.lr * lr_frac)
-        mbs = micro(step_idx)
+        mbs = step_mbs[k]
         num_items = sum(len(ro.completion_ids[i]) for i in step_idx)
         step_loss = 0.0
         scale = hooks.loss_scale(k) if hooks.loss_scale else 1.0
@@ -347,11 +349,11 @@ def grpo_update(
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}")
-    tokens, n_mb, *acc = d.sum([tokens, n_mb, *stats_acc.values()])
+    tokens, n_mb, clip_sum, kl_sum = d.sum([tokens, n_mb, stats_acc["clip_ratio"], stats_acc["kl"]])
     return UpdateStats(
         losses,
-        acc[0] / max(n_mb, 1),
-        acc[1] / max(n_mb, 1),
+        clip_sum / max(n_mb, 1),
+        kl_sum / max(n_mb, 1),
         int(tokens),
         len(steps),
         hook_metrics,
