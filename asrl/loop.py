@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -412,7 +413,7 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
             e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
             raise
         finally:
-            run.metrics.close()
+            run.metrics.close(failed=sys.exc_info()[0] is not None)  # the exception in flight
 
 
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:

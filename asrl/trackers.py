@@ -7,13 +7,16 @@ metrics.jsonl goes to each tracker as scalars at ``step`` = that line's number i
 tracker that everything from ``step`` on is about to be logged again.
 
 trackio and wandb are imported only when ``report_to`` names them; ``check_available``
-turns a missing package into a ConfigError while the config is validated.
+turns a missing package into a ConfigError while the config is validated. Both are tested
+against the real libraries (wandb offline, trackio's local SQLite database), reading back
+what they stored: tests/test_tracking_real.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import numbers
+import os
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -29,7 +32,7 @@ class Tracker(Protocol):
 
     def rewind(self, step: int) -> None: ...
 
-    def close(self) -> None: ...
+    def close(self, failed: bool = False) -> None: ...
 
 
 def scalar_values(record: dict[str, Any]) -> dict[str, float]:
@@ -106,7 +109,7 @@ class TensorBoardTracker:
         for path in sorted(self.logdir.glob("*tfevents*")):
             _drop_events_from(path, step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -134,8 +137,9 @@ def _drop_events_from(path: Path, step: int) -> None:
 class _RunTracker:
     """trackio and wandb share wandb's API: init -> log(dict, step) -> finish, plus Table.
 
-    Each process starts its own run (a resumed training appears as a new run continuing at
-    the resumed step), so a run never holds the points a crash left behind.
+    Each process starts its own run (a resumed training appears as a new run, of the same
+    name, continuing at the resumed step), so a run never holds the points a crash left
+    behind. The run starts on the first point logged.
     """
 
     module_name = ""
@@ -154,43 +158,76 @@ class _RunTracker:
         return self._run
 
     def scalars(self, step: int, values: dict[str, float], walltime: float) -> None:
+        # the samples of a phase are logged at the step of the line that follows them, so
+        # both go into one row of the run's history (wandb merges logs at the same step)
         self._r().log(values, step=step)
 
     def samples(self, step: int, tag: str, rows: list[dict[str, Any]]) -> None:
         if not hasattr(self.lib, "Table"):  # older trackio: scalars only
             return
-        cols = ["epoch", "phase", "after", "prompt", "output", "reward", "rewards"]
-        data = [
-            [r.get("epoch"), r.get("phase"), r.get("after"), r.get("prompt")]
-            + [r.get("output"), r.get("reward"), str(r.get("rewards"))]
-            for r in rows
-        ]
+        cols, data = samples_table(rows)
         self._r().log({tag: self.lib.Table(columns=cols, data=data)}, step=step)
 
     def rewind(self, step: int) -> None:
         pass  # the run is created after the rewind, and starts at ``step``
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
         if self._run is not None:
-            self._run.finish()
+            self._finish(self._run, failed)
             self._run = None
+
+    def _finish(self, run: Any, failed: bool) -> None:
+        run.finish()
+
+
+def samples_table(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Sample completions as table columns and rows: one column per reward function."""
+    parts = list(dict.fromkeys(k for r in rows for k in (r.get("rewards") or {})))
+    cols = ["epoch", "phase", "after", "prompt", "output", "reward", "advantage"]
+    data = [
+        [r.get(c) for c in cols] + [(r.get("rewards") or {}).get(k) for k in parts] for r in rows
+    ]
+    return cols + [f"reward/{k}" for k in parts], data
 
 
 class TrackioTracker(_RunTracker):
+    """Local by default: a SQLite database per project in ``$TRACKIO_DIR`` (default
+    ``~/.cache/huggingface/trackio``); ``trackio show`` opens the dashboard."""
+
     module_name = "trackio"
 
     def _init(self) -> Any:
         return self.lib.init(project="asrl", name=self.out.name, config=self.config)
 
+    def _finish(self, run: Any, failed: bool) -> None:
+        # trackio.finish() also forgets the run as its "current" one; run.finish() alone
+        # leaves it there, and trackio's exit hook finishes it a second time
+        current = getattr(getattr(self.lib, "context_vars", None), "current_run", None)
+        if current is not None and current.get() is run:
+            self.lib.finish()
+        else:
+            run.finish()
+
 
 class WandbTracker(_RunTracker):
+    """The run's files go to OUTDIR/wandb/; ``WANDB_MODE=offline`` keeps them there
+    (``wandb sync`` uploads them later)."""
+
     module_name = "wandb"
 
     def _init(self) -> Any:
-        # project, entity and mode come from WANDB_* environment variables when set
+        # an explicit project= would override WANDB_PROJECT; entity and mode come from
+        # WANDB_ENTITY / WANDB_MODE (or the wandb login) as usual
         return self.lib.init(
-            project="asrl", name=self.out.name, dir=str(self.out), config=self.config
+            project=os.environ.get("WANDB_PROJECT") or "asrl",
+            name=self.out.name,
+            dir=str(self.out),
+            config=self.config,
         )
+
+    def _finish(self, run: Any, failed: bool) -> None:
+        # a run that stopped on an error or a signal shows as failed, not finished
+        run.finish(exit_code=1 if failed else 0)
 
 
 def enabled(report_to: list[str]) -> list[str]:

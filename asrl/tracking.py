@@ -91,9 +91,10 @@ class MetricsLog:
     def evals(self) -> list[dict[str, Any]]:
         return [r for r in self.records if r["phase"] == "eval"]
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Close the trackers; ``failed``: the run stopped on an error or a signal."""
         for t in self.trackers:
-            t.close()
+            t.close(failed=failed)
 
 
 def _clean_row(row: dict[str, Any]) -> dict[str, Any]:
