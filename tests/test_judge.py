@@ -4,6 +4,7 @@ The server below is NOT a language model: it speaks the OpenAI wire format
 (``POST /v1/chat/completions``, ``GET /v1/models``) and scores deterministically — 9 when the
 completion contains the reference answer, else 2 — so that right and wrong answers must come
 back as high and low rewards through the whole path (template, HTTP, parsing, scaling).
+tests/test_judge_server.py runs the judge against a real server and model (transformers serve).
 """
 
 from __future__ import annotations
