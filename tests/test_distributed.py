@@ -174,3 +174,17 @@ def test_a_launchers_echo_of_the_stop_signal_is_not_a_second_signal(monkeypatch)
         interrupt._on_signal(signal.SIGINT, None)
         with pytest.raises(KeyboardInterrupt):
             interrupt._on_signal(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_and_deepspeed_launches_are_refused_before_joining(monkeypatch, var):
+    """On CPU accelerate reports such a launch as MULTI_CPU (and would run plain DDP): the
+    launcher's own variable is what tells; refused before any process group is joined."""
+    from asrl import distributed
+    from asrl.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match="data-parallel only"):
+        distributed.init()
+    assert not distributed.current().active
