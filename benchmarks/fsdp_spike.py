@@ -9,7 +9,8 @@ gradients from half batches against the full-batch gradients, an AdamW step on t
 parameters, a full state dict on rank 0 and decoding speed. Known failures, on request:
 ``--inference-mode`` decodes first under ``torch.inference_mode`` as asrl does (the backward
 then fails), ``--uneven`` has one rank decode fewer steps than the other (it waits for gloo's
-30 s timeout), ``--avg`` keeps FSDP2's default AVG reduction, which gloo lacks.
+30 s timeout), ``--avg`` keeps FSDP2's default, which averages the shares' gradients (half the
+1-process gradient here: the loss is already divided by the global token count).
 """
 
 from __future__ import annotations
@@ -90,7 +91,7 @@ layers = model.base_model.model.model.layers
 for module in [*layers, model]:
     fully_shard(module)
     if "--avg" not in sys.argv:
-        module.set_force_sum_reduction_for_comms(True)  # gloo has no AVG / PREMUL_SUM
+        module.set_force_sum_reduction_for_comms(True)  # else PREMUL_SUM: gloo has none
         module.set_gradient_divide_factor(1.0)  # sum the shares, as the loss is global
 trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # now DTensors
 say(f"sharded: parameters are {type(next(model.parameters())).__name__}")
