@@ -31,7 +31,10 @@ def _train(args: argparse.Namespace) -> int:
     try:
         train(cfg, resume=args.resume)
     except Interrupted as e:
-        print(f"asrl: interrupted ({e}); resume with: {again}", file=sys.stderr)
+        from asrl import distributed
+
+        if distributed.current().is_main:  # one hint, not one per process
+            print(f"asrl: interrupted ({e}); resume with: {again}", file=sys.stderr)
         return e.exit_code
     except TrainingDiverged as e:
         print(f"asrl: training diverged: {e}. Resume with: {again}", file=sys.stderr)

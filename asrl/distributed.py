@@ -27,6 +27,8 @@ from typing import Any, TypeVar
 
 import torch
 
+from asrl.config import ConfigError
+
 T = TypeVar("T")
 
 
@@ -129,20 +131,54 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+SHARDED_REFUSAL = {
+    "ACCELERATE_USE_FSDP": (
+        "FSDP was asked for (accelerate launch --use_fsdp / an FSDP config), but asrl runs "
+        "data-parallel only: every process holds the whole model. Sharding the frozen base "
+        "(FSDP2 fully_shard) computes the same LoRA gradients over gloo, but every forward "
+        "call then all-gathers weights, so all processes must make the same forward calls: "
+        "asrl's decode loop stops when its own rows end (a rank that stops early deadlocks "
+        "the others), shares of a batch may be empty, decoding runs in inference_mode (FSDP2 "
+        "then fails the next backward), and checkpoints are written by one process. See "
+        "README, 'Several processes or GPUs'. Drop --use_fsdp (configs/accelerate/ddp.yaml); "
+        "with LoRA on <=1B-parameter models the replicated base fits wherever training does."
+    ),
+    "ACCELERATE_USE_DEEPSPEED": (
+        "DeepSpeed was asked for (accelerate launch --use_deepspeed / a DeepSpeed config), but "
+        "asrl runs data-parallel only, with its own gradient all-reduce (ZeRO would shard the "
+        "optimizer state of a LoRA adapter that is a few MB). Drop --use_deepspeed "
+        "(configs/accelerate/ddp.yaml)."
+    ),
+}
+
+
+def refuse_sharded_launch() -> None:
+    """Fail clearly on an FSDP / DeepSpeed launch instead of running as plain DDP.
+
+    accelerate launch --use_fsdp sets ACCELERATE_USE_FSDP, but on CPU processes accelerate
+    reports MULTI_CPU (and its Accelerator silently wraps the model in DDP), so the
+    launch's distributed type alone does not reveal what the user asked for.
+    """
+    for var, why in SHARDED_REFUSAL.items():
+        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+            raise ConfigError(f"launch: {why}")
+
+
 def init() -> Dist:
     """Join the process group ``accelerate launch`` (or torchrun) set up, if any."""
     global _current
     if launched_world_size() <= 1:
         _current = Dist()
         return _current
+    refuse_sharded_launch()
     from accelerate import PartialState
     from accelerate.utils import DistributedType
 
     # no GPU: accelerate joins the processes over gloo only when told it is a CPU run
     state = PartialState(cpu=not torch.cuda.is_available())
     if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise RuntimeError(
-            f"asrl supports data-parallel (DDP-style) launches only, not {state.distributed_type}"
+        raise ConfigError(
+            f"launch: asrl supports data-parallel (DDP-style) launches only, not {state.distributed_type}"
             "; use configs/accelerate/ddp.yaml or `accelerate launch --num_processes N`"
         )
     _current = Dist(state.process_index, state.num_processes)

@@ -6,17 +6,25 @@ rollouts in hand and the LR position. So a stop drops the phase in flight; ``--r
 redoes it from the last phase-boundary checkpoint, exactly as an uninterrupted run would
 have (seeds derive from (seed, epoch, phase); what was logged after the checkpoint is
 dropped on resume). A second signal stops at once.
+
+Under ``accelerate launch`` (torchrun) one stop often arrives twice: Ctrl-C, or a scheduler
+that signals the whole process group, reaches every worker directly, and the launcher then
+forwards the same signal to each worker. A repeat within ``REPEAT_S`` of the first signal in a
+multi-process run is therefore that echo, not a user insisting, and is ignored.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 _requested: int | None = None  # the signal number received, once one has been
+_requested_at = 0.0  # when (time.monotonic())
+REPEAT_S = 2.0  # multi-process runs: a repeat this soon is the launcher's echo (see above)
 
 
 class Interrupted(Exception):
@@ -29,10 +37,15 @@ class Interrupted(Exception):
 
 
 def _on_signal(signum: int, frame: Any) -> None:
-    global _requested
+    global _requested, _requested_at
+    from asrl import distributed
+
+    now = time.monotonic()
     if _requested is not None:
+        if distributed.launched_world_size() > 1 and now - _requested_at < REPEAT_S:
+            return  # the launcher forwarding the signal this process already had
         raise KeyboardInterrupt  # second signal: the user means now
-    _requested = signum
+    _requested, _requested_at = signum, now
 
 
 def check() -> None:

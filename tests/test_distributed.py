@@ -6,8 +6,10 @@ each step's micro-batches, and the summed gradients make the same steps as one p
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -24,11 +26,14 @@ def _env() -> dict[str, str]:
     return env
 
 
-def _run(args: list[str], processes: int) -> str:
+def _cmd(args: list[str], processes: int) -> list[str]:
     if processes == 1:
-        cmd = [sys.executable, *args]
-    else:
-        cmd = [*LAUNCH, "--multi_gpu", "--num_processes", str(processes), *args]
+        return [sys.executable, *args]
+    return [*LAUNCH, "--multi_gpu", "--num_processes", str(processes), *args]
+
+
+def _run(args: list[str], processes: int) -> str:
+    cmd = _cmd(args, processes)
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
@@ -95,3 +100,91 @@ def test_two_process_asrl_run_gathers_rollouts_and_writes_once(tmp_path):
     assert summary["epochs_run"] == 2
     assert (out / "checkpoints" / "epoch-0002" / "state.json").is_file()
     assert not list((out / "checkpoints").glob(".*"))  # no half-written checkpoint left
+
+
+def test_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
+    """SIGTERM to the whole process group (Ctrl-C, a scheduler), then the same command with
+    --resume: it continues from the phase checkpoint and ends where an uninterrupted run does.
+
+    Every worker gets the signal twice (directly, then forwarded by the launcher); that must
+    still be one graceful stop, not "second signal: stop at once".
+    """
+    sets = ["schedule.epochs=4", "sft.max_examples_per_phase=16", "eval.max_examples=2"]
+    sets += ["data.generate.count=30", "model.threads=1"]  # seconds per epoch
+
+    def args(name: str) -> list[str]:
+        out, data = tmp_path / name, tmp_path / f"{name}.jsonl"
+        a = ["-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(out)]
+        return a + [x for s in [*sets, f"data.path={data}"] for x in ("--set", s)]
+
+    _run(args("ref"), 2)
+    out = tmp_path / "run"
+    proc = subprocess.Popen(
+        _cmd(args("run"), 2),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal or scheduler gives it
+    )
+    mid_epoch = out / "checkpoints" / "epoch-0001.p1" / "state.json"  # epoch 2, SFT done
+    end = time.monotonic() + 300
+    while not mid_epoch.exists() and proc.poll() is None and time.monotonic() < end:
+        time.sleep(0.05)
+    assert proc.poll() is None, "finished before the stop could land"
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("asrl: interrupted (interrupted; the latest checkpoint is") == 1, err[-3000:]
+    assert "KeyboardInterrupt" not in err  # the launcher's echo was not taken as "now"
+    assert not (out / "summary.json").exists()
+    assert not (out / "checkpoints" / "epoch-0004").exists()
+
+    log = _run([*args("run"), "--resume"], 2)
+    assert "resumed from" in log and "epoch   1 |" not in log  # resumed, not restarted
+    ref, got = _lines(tmp_path / "ref"), _lines(out)
+    keys = [(r["epoch"], r["phase"], r.get("eval/after")) for r in got]
+    assert len(keys) == len(set(keys))  # every metrics line once
+    assert keys == [(r["epoch"], r["phase"], r.get("eval/after")) for r in ref]
+    for g, w in zip(got, ref):
+        for k in ("train/sft_loss", "train/grpo_loss", "eval/val_loss", "compute/examples_seen"):
+            if k in w:
+                assert g[k] == pytest.approx(w[k], rel=1e-5, abs=1e-6), (g["epoch"], k)
+    assert json.loads((out / "summary.json").read_text())["epochs_run"] == 4
+    # merge/unmerge for generation leaves the base weights within rounding of where they
+    # were, so a resumed run (fresh base weights) matches to rounding, as with one process
+    ckpt = "checkpoints/epoch-0004"
+    assert _max_diff(_adapter(tmp_path / "ref" / ckpt), _adapter(out / ckpt)) < 1e-6
+
+
+def test_a_launchers_echo_of_the_stop_signal_is_not_a_second_signal(monkeypatch):
+    """In a launched run a repeat within REPEAT_S is the launcher forwarding the same stop."""
+    from asrl import interrupt
+
+    with interrupt.graceful_stop():
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        interrupt._on_signal(signal.SIGTERM, None)
+        interrupt._on_signal(signal.SIGTERM, None)  # the echo: still a graceful stop
+        monkeypatch.setattr(interrupt, "REPEAT_S", 0.0)
+        with pytest.raises(KeyboardInterrupt):  # later: the user insists
+            interrupt._on_signal(signal.SIGTERM, None)
+    with interrupt.graceful_stop():
+        monkeypatch.setenv("WORLD_SIZE", "1")  # one process: no launcher, no echo
+        interrupt._on_signal(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            interrupt._on_signal(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_and_deepspeed_launches_are_refused_before_joining(monkeypatch, var):
+    """On CPU accelerate reports such a launch as MULTI_CPU (and would run plain DDP): the
+    launcher's own variable is what tells; refused before any process group is joined."""
+    from asrl import distributed
+    from asrl.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match="data-parallel only"):
+        distributed.init()
+    assert not distributed.current().active
