@@ -23,6 +23,7 @@ from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
 from asrl.config import ConfigError, ModelConfig
+from asrl.fused_lora import fuse_lora
 
 log = logging.getLogger(__name__)
 
@@ -253,5 +254,6 @@ def load_policy(cfg: ModelConfig | str, seed: int = 0) -> Policy:
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the adapter's initial A matrices depend on the seed only
         model = get_peft_model(base, lora)
+    fuse_lora(model)  # same maths, one fused matmul-add per LoRA linear (asrl/fused_lora.py)
     model.to(device)
     return Policy(model, tokenizer, device, pick_autocast(cfg.autocast, device))

@@ -40,7 +40,10 @@ def completion_logps(
     """
     # logits_to_keep=C+1 returns the logits that predict the last C tokens (plus one extra).
     logits = model(
-        input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=n_completion + 1
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        logits_to_keep=n_completion + 1,
+        use_cache=False,
     ).logits[:, :-1]  # (B, C, V)
     return _tempered_logps(logits, input_ids[:, -n_completion:], temperature)
 

@@ -16,6 +16,7 @@ from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
 from asrl.phases.common import clip_and_step, length_grouped_batches, set_lr
+from asrl.phases.fused_ce import linear_cross_entropy
 from asrl.types import Example, PhaseResult
 
 
@@ -58,17 +59,27 @@ def _forward_loss(
     causal_lm = policy.model.get_base_model()  # LoRA layers are injected in place
     with policy.autocast():
         hidden = causal_lm.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
         ).last_hidden_state  # (B, T, H)
         targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
         keep = targets != IGNORE
-        logits = causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
-    if token_weight is None:
-        total = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    else:
-        ce = F.cross_entropy(logits.float(), targets[keep], reduction="none")  # (N,)
-        total = (token_weight(-ce) * ce).sum()
+        ce = _response_ce(causal_lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+    total = ce.sum() if token_weight is None else (token_weight(-ce) * ce).sum()
     return total / max(int(num_items), 1)
+
+
+def _response_ce(
+    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """Per-token cross-entropy of the LM head on (N, H) hidden states -> (N,) fp32.
+
+    A frozen, bias-free head (LoRA's case) takes the fused chunked path, which never holds
+    the (N, V) logits and their gradient at once; otherwise the plain one.
+    """
+    weight = getattr(head, "weight", None)
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not weight.requires_grad:
+        return linear_cross_entropy(hidden, weight, targets)
+    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
 
 
 def examples_loss(
