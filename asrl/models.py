@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from asrl import distributed
 from asrl.config import ConfigError, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -177,6 +179,21 @@ def pick_autocast(requested: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _response_logits(
+    model: PeftModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+) -> torch.Tensor:
+    """LM-head logits only where ``keep`` (B, T-1) marks a next-token target. -> (N, V).
+
+    The LM head (vocab x hidden: 21% of SmolLM2's weights) and the vocab-wide log-softmax
+    then run only where a label is; prompts are about half of each sequence.
+    """
+    causal_lm = model.get_base_model()  # LoRA layers are injected in place
+    hidden = causal_lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask
+    ).last_hidden_state  # (B, T, H)
+    return causal_lm.get_output_embeddings()(hidden[:, :-1][keep])  # (N, V)
+
+
 @dataclass
 class Policy:
     """The trainable model (LoRA adapter on a frozen base) and what is needed to run it."""
@@ -186,6 +203,35 @@ class Policy:
     device: torch.device
     autocast_dtype: torch.dtype | None
     merge_for_generation: bool = True  # benchmarks switch it off to measure the difference
+    sharded: bool = False  # split across processes (FSDP2, see ``shard``)
+
+    def shard(self) -> None:
+        """Split the base model across the launched processes (an FSDP launch), in place.
+
+        After this every process must make the same forward and backward calls
+        (asrl.distributed). Parameters become DTensors: build optimizers afterwards.
+        """
+        distributed.shard_model(self.model)
+        # response_logits calls the decoder and the LM head directly, not the model's
+        # forward: FSDP must gather the root unit (embeddings, LM head) around it too
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        self.model.asrl_response_logits = types.MethodType(_response_logits, self.model)
+        register_fsdp_forward_method(self.model, "asrl_response_logits")
+        self.sharded = True
+
+    def response_logits(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, keep: torch.Tensor
+    ) -> torch.Tensor:
+        """LM-head logits (N, V) at the positions ``keep`` (B, T-1) marks."""
+        if self.sharded:
+            return self.model.asrl_response_logits(input_ids, attention_mask, keep)
+        return _response_logits(self.model, input_ids, attention_mask, keep)
+
+    def no_grad(self) -> contextlib.AbstractContextManager:
+        """inference_mode for decoding, or no_grad when sharded: under inference_mode FSDP2's
+        gathered weight buffers become inference tensors and the next backward fails."""
+        return torch.no_grad() if self.sharded else torch.inference_mode()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
