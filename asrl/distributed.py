@@ -205,15 +205,16 @@ def init() -> Dist:
 
     # no GPU: accelerate joins the processes over gloo only when told it is a CPU run
     state = PartialState(cpu=not torch.cuda.is_available())
-    if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
-        raise ConfigError(
-            f"launch: asrl supports data-parallel (DDP-style) launches only, not {state.distributed_type}"
-            "; use configs/accelerate/ddp.yaml or `accelerate launch --num_processes N`"
-        )
-    # An FSDP launch: accelerate's own FSDP wrapping does nothing for CPU processes (it
-    # reports MULTI_CPU), and asrl never hands its model to an Accelerator anyway; the
-    # launcher's variable says sharding was asked for, and shard_model does it (FSDP2).
+    # An FSDP launch: on GPUs accelerate reports FSDP; for CPU processes its FSDP wrapping
+    # does nothing (it reports MULTI_CPU). asrl never hands its model to an Accelerator
+    # anyway: the launcher's variable says sharding was asked for, shard_model does it.
     sharded = _env_flag("ACCELERATE_USE_FSDP")
+    allowed = [DistributedType.MULTI_CPU, DistributedType.MULTI_GPU]
+    if state.distributed_type not in allowed + ([DistributedType.FSDP] if sharded else []):
+        raise ConfigError(
+            f"launch: asrl supports data-parallel launches (replicated or FSDP-sharded) only, "
+            f"not {state.distributed_type}; use configs/accelerate/ddp.yaml or fsdp.yaml"
+        )
     _current = Dist(state.process_index, state.num_processes, sharded=sharded)
     return _current
 

@@ -424,11 +424,12 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:
     cfg = run.cfg
     schedule = run.schedule
-    world = distributed.current().world
+    d = distributed.current()
     console(
         f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
         f"autocast={run.policy.autocast_dtype} out={run.out}"
-        + (f" processes={world}" if world > 1 else "")
+        + (f" processes={d.world}" if d.world > 1 else "")
+        + (" sharded (FSDP2)" if d.sharded else "")
     )
     if start_epoch == 0:
         data = run.refresh_data(0)

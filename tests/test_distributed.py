@@ -235,7 +235,7 @@ def test_sharded_run_with_uneven_shares_equals_one_process_and_resumes_across(tm
     one, two = tmp_path / "one", tmp_path / "two"
     _run(_uneven_args(tmp_path, one), 1)
     log = _run_sharded(_uneven_args(tmp_path, two))
-    assert "processes=2" in log
+    assert "processes=2 sharded (FSDP2)" in log
     for ckpt in ("checkpoints/epoch-0001.p1", "checkpoints/epoch-0002"):  # after SFT, GRPO
         assert _max_diff(_adapter(one / ckpt), _adapter(two / ckpt)) < 1e-6
     _same_metrics(_lines(one), _lines(two))  # every line written once, by the main process
