@@ -16,6 +16,14 @@ each optimizer step; each then computes its share:
   loss (so a non-finite step is skipped everywhere) and on a pending SIGTERM.
 * Only the main process writes metrics, samples, checkpoints and the summary.
 
+Sharded (an FSDP launch: ``ACCELERATE_USE_FSDP``): the same, but the base model is split
+across processes with torch FSDP2 (``shard_model``): every forward call all-gathers each
+decoder layer's weights and every backward reduce-scatters its LoRA gradients. So every
+process must make the same forward and backward calls: decoding runs until all processes'
+rows are done (``all_done``), a process whose share of a batch is empty runs a dummy batch
+whose loss is multiplied by zero, and checkpoints are gathered by all processes
+(``full_state``). FSDP sums the gradients itself, so ``all_reduce_grads`` leaves them alone.
+
 With one process every function here is a no-op, and nothing imports torch.distributed.
 """
 
@@ -35,8 +43,9 @@ T = TypeVar("T")
 class Dist:
     """This process's place in the group: ``rank`` of ``world``; ``is_main`` is rank 0."""
 
-    def __init__(self, rank: int = 0, world: int = 1) -> None:
+    def __init__(self, rank: int = 0, world: int = 1, sharded: bool = False) -> None:
         self.rank, self.world = rank, world
+        self.sharded = sharded and world > 1  # FSDP2: the base model split across processes
 
     @property
     def is_main(self) -> bool:
@@ -86,14 +95,39 @@ class Dist:
         torch.distributed.all_reduce(t)
         return t.tolist()
 
+    def all_done(self, done: bool) -> bool:
+        """True when ``done`` is true on every process (one small all-reduce)."""
+        if not self.active:
+            return done
+        return self.sum([0.0 if done else 1.0])[0] == 0
+
+    def max(self, value: int) -> int:
+        """The largest ``value`` over processes."""
+        if not self.active:
+            return value
+        t = torch.tensor([value], dtype=torch.int64)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return int(t.item())
+
+    def padded_shard(self, items: Sequence[T]) -> list[T | None]:
+        """:meth:`shard`, padded with None so every process gets as many entries.
+
+        Sharded runs take one forward (and backward) per entry; a None entry is a dummy
+        batch that contributes nothing but takes part in FSDP's collectives.
+        """
+        mine: list[T | None] = list(self.shard(items))
+        if self.sharded:
+            mine += [None] * (-(-len(items) // self.world) - len(mine))
+        return mine
+
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum the gradients over processes in one flat buffer (what DDP does per bucket).
 
         A parameter without a gradient on this process (its share was empty) counts as zero;
         one without a gradient on every process keeps none (the optimizer skips it, as it
-        would with one process).
+        would with one process). Sharded: FSDP's backward has already summed them.
         """
-        if not self.active:
+        if not self.active or self.sharded:
             return
         parts = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
@@ -131,36 +165,31 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-SHARDED_REFUSAL = {
-    "ACCELERATE_USE_FSDP": (
-        "FSDP was asked for (accelerate launch --use_fsdp / an FSDP config), but asrl runs "
-        "data-parallel only: every process holds the whole model. Sharding the frozen base "
-        "(FSDP2 fully_shard) computes the same LoRA gradients over gloo, but every forward "
-        "call then all-gathers weights, so all processes must make the same forward calls: "
-        "asrl's decode loop stops when its own rows end (a rank that stops early deadlocks "
-        "the others), shares of a batch may be empty, decoding runs in inference_mode (FSDP2 "
-        "then fails the next backward), and checkpoints are written by one process. See "
-        "README, 'Several processes or GPUs'. Drop --use_fsdp (configs/accelerate/ddp.yaml); "
-        "with LoRA on <=1B-parameter models the replicated base fits wherever training does."
-    ),
+REFUSED = {
     "ACCELERATE_USE_DEEPSPEED": (
         "DeepSpeed was asked for (accelerate launch --use_deepspeed / a DeepSpeed config), but "
-        "asrl runs data-parallel only, with its own gradient all-reduce (ZeRO would shard the "
-        "optimizer state of a LoRA adapter that is a few MB). Drop --use_deepspeed "
-        "(configs/accelerate/ddp.yaml)."
+        "asrl does not run under DeepSpeed: it trains a LoRA adapter with its own optimizer "
+        "steps and gradient sums, and ZeRO's engine would have to own both (ZeRO-1/2 would "
+        "shard the optimizer state of an adapter that is a few MB). To split the base model "
+        "across processes use FSDP (configs/accelerate/fsdp.yaml); otherwise plain data "
+        "parallelism (configs/accelerate/ddp.yaml)."
     ),
 }
 
 
-def refuse_sharded_launch() -> None:
-    """Fail clearly on an FSDP / DeepSpeed launch instead of running as plain DDP.
+def _env_flag(var: str) -> bool:
+    return os.environ.get(var, "").lower() in ("1", "true", "yes")
 
-    accelerate launch --use_fsdp sets ACCELERATE_USE_FSDP, but on CPU processes accelerate
-    reports MULTI_CPU (and its Accelerator silently wraps the model in DDP), so the
-    launch's distributed type alone does not reveal what the user asked for.
+
+def refuse_unsupported_launch() -> None:
+    """Fail clearly on a DeepSpeed launch instead of running as plain DDP.
+
+    accelerate launch --use_deepspeed sets ACCELERATE_USE_DEEPSPEED, but on CPU processes
+    accelerate reports MULTI_CPU, so the launch's distributed type alone does not reveal
+    what the user asked for.
     """
-    for var, why in SHARDED_REFUSAL.items():
-        if os.environ.get(var, "").lower() in ("1", "true", "yes"):
+    for var, why in REFUSED.items():
+        if _env_flag(var):
             raise ConfigError(f"launch: {why}")
 
 
@@ -170,19 +199,56 @@ def init() -> Dist:
     if launched_world_size() <= 1:
         _current = Dist()
         return _current
-    refuse_sharded_launch()
+    refuse_unsupported_launch()
     from accelerate import PartialState
     from accelerate.utils import DistributedType
 
     # no GPU: accelerate joins the processes over gloo only when told it is a CPU run
     state = PartialState(cpu=not torch.cuda.is_available())
-    if state.distributed_type not in (DistributedType.MULTI_CPU, DistributedType.MULTI_GPU):
+    # An FSDP launch: on GPUs accelerate reports FSDP; for CPU processes its FSDP wrapping
+    # does nothing (it reports MULTI_CPU). asrl never hands its model to an Accelerator
+    # anyway: the launcher's variable says sharding was asked for, shard_model does it.
+    sharded = _env_flag("ACCELERATE_USE_FSDP")
+    allowed = [DistributedType.MULTI_CPU, DistributedType.MULTI_GPU]
+    if state.distributed_type not in allowed + ([DistributedType.FSDP] if sharded else []):
         raise ConfigError(
-            f"launch: asrl supports data-parallel (DDP-style) launches only, not {state.distributed_type}"
-            "; use configs/accelerate/ddp.yaml or `accelerate launch --num_processes N`"
+            f"launch: asrl supports data-parallel launches (replicated or FSDP-sharded) only, "
+            f"not {state.distributed_type}; use configs/accelerate/ddp.yaml or fsdp.yaml"
         )
-    _current = Dist(state.process_index, state.num_processes)
+    _current = Dist(state.process_index, state.num_processes, sharded=sharded)
     return _current
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """Shard a (PEFT) model across the processes with FSDP2, in place.
+
+    Each decoder layer is its own unit (all-gathered for its forward, its LoRA gradients
+    reduce-scattered in its backward), the rest (embeddings, tied LM head, final norm) is the
+    root unit. Our losses are already divided by the global token count, so the shares'
+    gradients are summed, not averaged (and gloo has no PREMUL_SUM for averaging).
+    ``FSDP_RESHARD_AFTER_FORWARD=false`` (the accelerate config's fsdp_reshard_after_forward)
+    keeps layers gathered from forward to backward: less communication, more memory.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    reshard = os.environ.get("FSDP_RESHARD_AFTER_FORWARD", "true").lower() != "false"
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    layer_types = set(getattr(base, "_no_split_modules", None) or [])
+    layers = [m for m in model.modules() if type(m).__name__ in layer_types]
+    if not layers:
+        raise ConfigError(
+            f"launch: FSDP: cannot find the decoder layers of {type(base).__name__} "
+            "(its _no_split_modules names none); use data parallelism (configs/accelerate/ddp.yaml)"
+        )
+    for module in [*layers, model]:
+        fully_shard(module, reshard_after_forward=reshard if module is not model else None)
+        module.set_force_sum_reduction_for_comms(True)
+        module.set_gradient_divide_factor(1.0)
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole tensor of a sharded (DTensor) one, gathered (all processes must call)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
 
 
 def device_for(d: Dist, requested: str) -> str:

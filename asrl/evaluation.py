@@ -70,7 +70,7 @@ def evaluate(
     d = distributed.current()  # several processes: each decodes its share, then all gather
     mine = d.shard(examples)
     c_ids: list[list[int]] = []
-    if mine:
+    if mine or policy.sharded:  # sharded: every process decodes, with or without a share
         p_ids = [prompt_ids(tok, ex, system_prompt) for ex in mine]
         c_ids = generate(
             policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size

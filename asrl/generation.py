@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from asrl import distributed
 from asrl.models import Policy
 from asrl.phases.common import TrainingDiverged
 
@@ -63,7 +64,6 @@ def sample_top_p(
     return out
 
 
-@torch.inference_mode()
 def generate(
     policy: Policy,
     prompts: list[list[int]],
@@ -78,16 +78,23 @@ def generate(
 
     The end-of-turn token is kept (the policy is trained to emit it); a completion that hit
     ``max_new_tokens`` has none. Rows with the same prompt share one prefill.
+
+    Sharded (FSDP), every process must call this, each with its own prompts (maybe none):
+    they decode the same number of batches and steps, each until every process is done.
     """
-    batch_size = batch_size or len(prompts)
+    d = distributed.current() if policy.sharded else distributed.Dist()
+    batch_size = batch_size or max(len(prompts), 1)
+    chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
+    chunks += [[] for _ in range(d.max(len(chunks)) - len(chunks))]  # sharded: as many
     out: list[list[int]] = []
+    if not chunks:
+        return out
     was_training = policy.model.training
     policy.model.eval()
     gen = torch.Generator(device=policy.device).manual_seed(seed)
-    with policy.merged(), policy.autocast():
-        for start in range(0, len(prompts), batch_size):
-            chunk = prompts[start : start + batch_size]
-            out += _decode(policy, chunk, max_new_tokens, temperature, top_p, greedy, gen)
+    with policy.no_grad(), policy.merged(), policy.autocast():
+        for chunk in chunks:
+            out += _decode(policy, chunk, max_new_tokens, temperature, top_p, greedy, gen, d)
     policy.model.train(was_training)
     return out
 
@@ -100,9 +107,15 @@ def _decode(
     top_p: float,
     greedy: bool,
     gen: torch.Generator,
+    d: distributed.Dist,
 ) -> list[list[int]]:
+    """One batch. Sharded, ``d`` keeps the processes in step: a process with no prompts
+    decodes a dummy row, and one whose rows are all done feeds padding (no sampling, so its
+    random stream is what one process would use) until every process is done."""
     tok, model, dev = policy.tokenizer, policy.model, policy.device
     eos, pad = tok.eos_token_id, tok.pad_token_id
+    dummy = not prompts
+    prompts = prompts or [[pad]]
     distinct: dict[tuple[int, ...], int] = {}
     rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
     unique = list(distinct)
@@ -121,23 +134,17 @@ def _decode(
     if len(unique) < len(prompts):
         cache.batch_select_indices(rows)  # each row its own copy of its prompt's cache
     logits, attn, last = res.logits[rows, -1], attn[rows], pos[rows, -1]
-    done = torch.zeros(len(prompts), dtype=torch.bool, device=dev)
+    done = torch.full((len(prompts),), dummy, dtype=torch.bool, device=dev)
     steps: list[torch.Tensor] = []
     for t in range(max_new_tokens):
-        scores = logits.float()
-        if greedy:
-            nxt = scores.argmax(-1)
+        if done.all():  # only sharded: waiting for the other processes, in step with them
+            nxt = torch.full_like(done, pad, dtype=torch.long)
         else:
-            if not torch.isfinite(scores).all():
-                raise TrainingDiverged(
-                    "generation: the model's next-token probabilities are NaN/inf (the "
-                    "weights have diverged); try a lower learning rate"
-                )
-            nxt = sample_top_p(scores / temperature, top_p, gen)
-        nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
-        steps.append(nxt)
-        done |= nxt == eos
-        if done.all() or t + 1 == max_new_tokens:
+            nxt = _next_token(logits, temperature, top_p, greedy, gen)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            steps.append(nxt)
+            done |= nxt == eos
+        if d.all_done(bool(done.all())) or t + 1 == max_new_tokens:
             break
         attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
         last = last + 1
@@ -150,9 +157,26 @@ def _decode(
             use_cache=True,
         )
         cache, logits = res.past_key_values, res.logits[:, -1]
+    if dummy:
+        return []
     out = []
     for row in torch.stack(steps, dim=1).tolist() if steps else [[] for _ in prompts]:
         if eos in row:
             row = row[: row.index(eos) + 1]
         out.append(row)
     return out
+
+
+def _next_token(
+    logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, gen: torch.Generator
+) -> torch.Tensor:
+    """The next token of each row from the last position's logits. (B, V) -> (B,)."""
+    scores = logits.float()
+    if greedy:
+        return scores.argmax(-1)
+    if not torch.isfinite(scores).all():
+        raise TrainingDiverged(
+            "generation: the model's next-token probabilities are NaN/inf (the "
+            "weights have diverged); try a lower learning rate"
+        )
+    return sample_top_p(scores / temperature, top_p, gen)

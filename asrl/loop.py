@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from asrl import distributed
-from asrl.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from asrl.checkpoint import gather_full, latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
 from asrl.data.render import TokenizedCache
@@ -235,6 +235,8 @@ class Run:
             "schedule": self.schedule.state(),
         }
         d = distributed.current()
+        # sharded: every process takes part in gathering what the main one writes
+        full = gather_full(self.policy, self.optimizers) if self.policy.sharded else None
         if d.is_main:
             save_checkpoint(
                 self.out / "checkpoints",
@@ -243,6 +245,7 @@ class Run:
                 self.optimizers,
                 state,
                 self.cfg.checkpoint.keep_last,
+                full,
             )
         d.barrier()  # nobody runs ahead of a checkpoint that is still being written
 
@@ -330,8 +333,10 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     source = open_source(cfg.data.path, cfg.data, fmt)
     quarantine = out / "quarantine.jsonl" if d.is_main else None
     dataset = LiveDataset([source], cfg.data.split, quarantine=quarantine)
-    params = policy.trainable_parameters()
-    d.broadcast_params(params)  # the same starting adapter everywhere
+    d.broadcast_params(policy.trainable_parameters())  # the same starting adapter everywhere
+    if d.sharded:  # an FSDP launch: split the base model across the processes (FSDP2)
+        policy.shard()
+    params = policy.trainable_parameters()  # sharded: DTensors now
     # Two optimizers over the same LoRA weights: Adam's moment estimates of the SFT loss
     # would mis-scale GRPO steps (and back), whose gradients differ by orders of magnitude.
     optimizers = {
@@ -419,11 +424,12 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:
     cfg = run.cfg
     schedule = run.schedule
-    world = distributed.current().world
+    d = distributed.current()
     console(
         f"asrl: method={schedule.name} model={cfg.model.name} device={run.policy.device} "
         f"autocast={run.policy.autocast_dtype} out={run.out}"
-        + (f" processes={world}" if world > 1 else "")
+        + (f" processes={d.world}" if d.world > 1 else "")
+        + (" sharded (FSDP2)" if d.sharded else "")
     )
     if start_epoch == 0:
         data = run.refresh_data(0)

@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import types
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,9 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
+from asrl import distributed
 from asrl.config import ConfigError, ModelConfig
+from asrl.fused_ce import linear_cross_entropy
 from asrl.fused_lora import fuse_lora
 
 log = logging.getLogger(__name__)
@@ -178,6 +181,30 @@ def pick_autocast(requested: str, device: torch.device) -> torch.dtype | None:
     return None
 
 
+def _response_ce(
+    model: PeftModel,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keep: torch.Tensor,
+    targets: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy (N,) of the next-token ``targets`` (N,) where ``keep`` (B, T-1) is set.
+
+    The LM head (vocab x hidden: 21% of SmolLM2's weights) and the vocab-wide softmax run only
+    where a label is; prompts are about half of each sequence. A frozen, bias-free head
+    (LoRA's case) takes the fused chunked path (asrl.fused_ce.py), which never holds
+    the (N, V) logits and their gradient at once.
+    """
+    causal_lm = model.get_base_model()  # LoRA layers are injected in place
+    hidden = causal_lm.get_decoder()(
+        input_ids=input_ids, attention_mask=attention_mask, use_cache=False
+    ).last_hidden_state[:, :-1][keep]  # (N, H)
+    head = causal_lm.get_output_embeddings()
+    if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
+        return linear_cross_entropy(hidden, head.weight, targets)
+    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+
+
 @dataclass
 class Policy:
     """The trainable model (LoRA adapter on a frozen base) and what is needed to run it."""
@@ -187,6 +214,39 @@ class Policy:
     device: torch.device
     autocast_dtype: torch.dtype | None
     merge_for_generation: bool = True  # benchmarks switch it off to measure the difference
+    sharded: bool = False  # split across processes (FSDP2, see ``shard``)
+
+    def shard(self) -> None:
+        """Split the base model across the launched processes (an FSDP launch), in place.
+
+        After this every process must make the same forward and backward calls
+        (asrl.distributed). Parameters become DTensors: build optimizers afterwards.
+        """
+        distributed.shard_model(self.model)
+        # response_ce calls the decoder and the LM head directly, not the model's
+        # forward: FSDP must gather the root unit (embeddings, LM head) around it too
+        from torch.distributed.fsdp import register_fsdp_forward_method
+
+        self.model.asrl_response_ce = types.MethodType(_response_ce, self.model)
+        register_fsdp_forward_method(self.model, "asrl_response_ce")
+        self.sharded = True
+
+    def response_ce(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        keep: torch.Tensor,
+        targets: torch.Tensor,
+    ) -> torch.Tensor:
+        """Per-token cross-entropy (N,) at the positions ``keep`` (B, T-1) marks."""
+        if self.sharded:
+            return self.model.asrl_response_ce(input_ids, attention_mask, keep, targets)
+        return _response_ce(self.model, input_ids, attention_mask, keep, targets)
+
+    def no_grad(self) -> contextlib.AbstractContextManager:
+        """inference_mode for decoding, or no_grad when sharded: under inference_mode FSDP2's
+        gathered weight buffers become inference tensors and the next backward fails."""
+        return torch.no_grad() if self.sharded else torch.inference_mode()
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

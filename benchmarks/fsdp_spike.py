@@ -51,10 +51,10 @@ def check(name: str, fn) -> None:
 
 
 def decode(policy, prompts, merge: bool, n: int = 8) -> list[list[int]]:
-    """Our decode loop under no_grad (inference_mode breaks FSDP2's next backward)."""
+    """Our decode loop; once sharded under no_grad (inference_mode breaks FSDP2's next
+    backward). Not through asrl.distributed: each process decodes alone (see --uneven)."""
     policy.merge_for_generation = merge
-    with torch.no_grad():
-        return generate.__wrapped__(policy, prompts, max_new_tokens=n, greedy=True)
+    return generate(policy, prompts, max_new_tokens=n, greedy=True)
 
 
 policy = load_policy(MODEL, seed=0)
@@ -95,9 +95,10 @@ for module in [*layers, model]:
         module.set_gradient_divide_factor(1.0)  # sum the shares, as the loss is global
 trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}  # now DTensors
 say(f"sharded: parameters are {type(next(model.parameters())).__name__}")
-if "--inference-mode" in sys.argv:  # the first unshard under inference_mode, as asrl decodes
+if "--inference-mode" in sys.argv:  # the first unshard under inference_mode
     policy.merge_for_generation = False
     generate(policy, mine, max_new_tokens=4, greedy=True)
+policy.sharded = True  # generate() now decodes under no_grad (asrl's Policy.shard sets it)
 
 check("greedy decode, unmerged, = unsharded", lambda: decode(policy, mine, False) == ref_tokens)
 check("greedy decode, merged, = unsharded", lambda: decode(policy, mine, True) == ref_tokens)

@@ -3,6 +3,7 @@
 Every process samples the same full round (same weights, same seed), gives it fixed random
 rewards (a random tiny model earns none), then takes ``grpo_update`` steps, in which each
 process computes its share of the micro-batches. The adapter is saved for comparison.
+Under an FSDP launch the model is sharded first (every process then decodes in step).
 """
 
 import random
@@ -11,6 +12,7 @@ import sys
 import torch
 
 from asrl import distributed
+from asrl.checkpoint import gather_full
 from asrl.config import load_config
 from asrl.data.records import parse_record
 from asrl.data.synthetic import generate_records
@@ -32,6 +34,8 @@ cfg = load_config(
 )
 seed_everything(0)
 policy = load_policy(cfg.model, seed=0)
+if d.sharded:
+    policy.shard()
 examples = [
     parse_record(r) for r in generate_records(4, seed=1, fmt=cfg.format.spec(), mix="paper")
 ]
@@ -41,6 +45,7 @@ g = torch.Generator().manual_seed(3)
 ro.rewards = torch.rand(len(ro.rewards), generator=g).tolist()
 opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
 stats = grpo_update(policy, ro, cfg.grpo, opt, random.Random(5))
+full = gather_full(policy, {})[0] if policy.sharded else None  # sharded: all gather
 if d.is_main:
-    policy.model.save_pretrained(out)
+    policy.model.save_pretrained(out, state_dict=full)
     print("losses", stats.losses, "tokens", stats.tokens)

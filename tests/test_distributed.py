@@ -176,15 +176,97 @@ def test_a_launchers_echo_of_the_stop_signal_is_not_a_second_signal(monkeypatch)
             interrupt._on_signal(signal.SIGINT, None)
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_fsdp_and_deepspeed_launches_are_refused_before_joining(monkeypatch, var):
+def test_deepspeed_launches_are_refused_before_joining(monkeypatch):
     """On CPU accelerate reports such a launch as MULTI_CPU (and would run plain DDP): the
     launcher's own variable is what tells; refused before any process group is joined."""
     from asrl import distributed
     from asrl.config import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv(var, "true")
-    with pytest.raises(ConfigError, match="data-parallel only"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="does not run under DeepSpeed"):
         distributed.init()
     assert not distributed.current().active
+
+
+# --------------------------------------------------------------------------------------
+# sharded (FSDP2): launched with configs/accelerate/fsdp.yaml, as a user would
+
+FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+FSDP += ["configs/accelerate/fsdp.yaml", "--main_process_port", "0"]
+# uneven shares everywhere: SFT's last batch holds 1 row (17 = 8 + 8 + 1), one GRPO question
+# and one eval example: process 1 has no rollouts, no micro-batches, nothing to decode or to
+# score in evaluation; it runs dummy batches and steps in time with process 0's decoding
+UNEVEN = ["sft.max_examples_per_phase=17", "grpo.questions_per_epoch=1", "eval.max_examples=1"]
+
+
+def _run_sharded(args: list[str]) -> str:
+    done = subprocess.run(
+        [*FSDP, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout + done.stderr
+
+
+def _uneven_args(tmp_path: Path, out: Path, *sets: str) -> list[str]:
+    args = ["-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(out)]
+    return args + [
+        x for s in [*UNEVEN, f"data.path={tmp_path / 'data.jsonl'}", *sets] for x in ("--set", s)
+    ]
+
+
+def _same_metrics(a: list[dict], b: list[dict]) -> None:
+    assert [(r["epoch"], r["phase"], r.get("eval/after")) for r in a] == [
+        (r["epoch"], r["phase"], r.get("eval/after")) for r in b
+    ]
+    for ra, rb in zip(a, b):
+        for key, value in ra.items():
+            if key.split("/")[0] in ("train", "eval", "compute") and key != "eval/after":
+                assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
+
+
+def test_sharded_run_with_uneven_shares_equals_one_process_and_resumes_across(tmp_path):
+    """FSDP2 over 2 processes: an SFT + GRPO run whose every phase leaves process 1 with less
+    (or nothing) to do ends where the 1-process run does: process 0 samples the only
+    question with the 1-process seed, so every metric and the adapter agree. Then each run's
+    checkpoint is resumed by the other kind of run (sharded <-> 1 process) for a third
+    epoch: the formats are the same, the optimizer states are sharded and gathered again.
+    """
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_uneven_args(tmp_path, one), 1)
+    log = _run_sharded(_uneven_args(tmp_path, two))
+    assert "processes=2 sharded (FSDP2)" in log
+    for ckpt in ("checkpoints/epoch-0001.p1", "checkpoints/epoch-0002"):  # after SFT, GRPO
+        assert _max_diff(_adapter(one / ckpt), _adapter(two / ckpt)) < 1e-6
+    _same_metrics(_lines(one), _lines(two))  # every line written once, by the main process
+    assert json.loads((two / "summary.json").read_text())["epochs_run"] == 2
+
+    # resume across: the sharded run's checkpoint in one process, and the other way round
+    one.rename(tmp_path / "one-then-sharded")
+    two.rename(tmp_path / "sharded-then-one")
+    _run(
+        [*_uneven_args(tmp_path, tmp_path / "sharded-then-one", "schedule.epochs=3"), "--resume"], 1
+    )
+    log = _run_sharded(
+        [*_uneven_args(tmp_path, tmp_path / "one-then-sharded", "schedule.epochs=3"), "--resume"]
+    )
+    assert "resumed from" in log
+    a, b = tmp_path / "sharded-then-one", tmp_path / "one-then-sharded"
+    ckpt = "checkpoints/epoch-0003"
+    assert _max_diff(_adapter(a / ckpt), _adapter(b / ckpt)) < 1e-6
+    _same_metrics(_lines(a), _lines(b))
+
+
+def test_sharded_grpo_update_equals_one_process(tmp_path):
+    """Beta > 0 (reference pass, adapter disabled), 2 steps ("old" log-probs), micro-batches
+    of 2; every process samples the whole round while sharded, decoding in step."""
+    script = str(ROOT / "tests" / "ddp_grpo_update.py")
+    logs = [
+        _run([script, str(tmp_path / "p1"), "dapo"], 1),
+        _run_sharded([script, str(tmp_path / "p2"), "dapo"]),
+    ]
+    printed = [next(x for x in log.splitlines() if x.startswith("losses")) for log in logs]
+    one, two = (json.loads(x.split(" ", 1)[1].split(" tokens")[0]) for x in printed)
+    assert two == pytest.approx(one, rel=1e-5, abs=1e-7)
+    assert printed[0].split(" tokens")[1] == printed[1].split(" tokens")[1]
+    assert _max_diff(_adapter(tmp_path / "p1"), _adapter(tmp_path / "p2")) < 1e-6

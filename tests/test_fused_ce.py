@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from asrl.phases.fused_ce import linear_cross_entropy
+from asrl.fused_ce import linear_cross_entropy
 
 
 def _case(n: int = 37, h: int = 16, v: int = 101, seed: int = 0):

@@ -168,14 +168,21 @@ def clip_and_step(
     weights and optimizer state untouched) and counted by the active :class:`StepGuard`.
     A stop asked for by SIGTERM / Ctrl-C is honoured here, after the step completes.
     """
-    distributed.current().all_reduce_grads(params)
-    norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else float("inf")))
+    distributed.current().all_reduce_grads(params)  # sharded: FSDP's backward summed them
+    norm = clip_grad_norm(params, max_norm if max_norm > 0 else float("inf"))
     guard = _active_guard or StepGuard(max_bad_in_row=2**31)
     if guard.ok(loss, norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     interrupt.check()
     return norm
+
+
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:
+    """``clip_grad_norm_`` returning the pre-clip norm as a float. Sharded (DTensor)
+    gradients give a DTensor norm over the whole gradient: gathered (a tiny collective)."""
+    norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+    return float(distributed.full_tensor(norm))
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:

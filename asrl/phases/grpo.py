@@ -20,7 +20,7 @@ from asrl.config import GRPOConfig
 from asrl.data.render import prompt_ids
 from asrl.generation import generate
 from asrl.models import Policy
-from asrl.phases.common import clip_and_step, set_lr, shared_prompt_logps
+from asrl.phases.common import clip_and_step, completion_logps, set_lr, shared_prompt_logps
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult, Rollout
 
@@ -157,6 +157,8 @@ def rollout(
     start = time.perf_counter()
     G = cfg.num_generations
     if not examples:  # a process with no share of this round's questions
+        if policy.sharded:  # it still takes part in every decoding step
+            generate(policy, [], cfg.max_new_tokens, cfg.temperature, cfg.top_p, seed=seed)
         return Rollout([], [], [], [], [], {part.name: [] for part in rewards.parts})
     expanded = [ex for ex in examples for _ in range(G)]  # group by group
     p_ids = [prompt_ids(policy.tokenizer, ex, system_prompt) for ex in expanded]
@@ -211,8 +213,11 @@ def _flat(groups: list[list]) -> list:
 
 def _logps(policy: Policy, b: _Batch, temperature: float) -> torch.Tensor:
     dev = policy.device
+    # shared_prompt_logps makes one or two forward calls depending on the batch; sharded
+    # processes must all make the same calls, so they take one each
+    logps = completion_logps if policy.sharded else shared_prompt_logps
     with policy.autocast():
-        return shared_prompt_logps(
+        return logps(
             policy.model,
             b.input_ids.to(dev),
             b.attention_mask.to(dev),
@@ -287,15 +292,21 @@ def grpo_update(
     def batch_of(mb: list[int]) -> _Batch:
         return _pack([ro.prompt_ids[i] for i in mb], [ro.completion_ids[i] for i in mb], pad)
 
+    dummy = _pack([[pad]], [[pad]], pad)
+
     # "old" log-probs are needed once the policy has moved (second step on); the reference
     # only when beta > 0. Both without gradients, before any update.
     old: dict[tuple[int, ...], torch.Tensor] = {}
     ref: dict[tuple[int, ...], torch.Tensor] = {}
     with torch.no_grad():
         for k, mbs in enumerate(step_mbs):
-            for mb in d.shard(mbs):
+            for mb in d.padded_shard(mbs):  # sharded: None is a dummy, to keep in step
                 if k == 0 and cfg.beta == 0:
                     continue  # on-policy: old = logps.detach(), no extra pass
+                if mb is None:
+                    for _ in range((k > 0) + (cfg.beta > 0)):
+                        _logps(policy, dummy, cfg.temperature)
+                    continue
                 b = batch_of(mb)
                 if k > 0:
                     old[tuple(mb)] = _logps(policy, b, cfg.temperature)
@@ -314,7 +325,10 @@ def grpo_update(
         num_items = sum(len(ro.completion_ids[i]) for i in step_idx)
         step_loss = 0.0
         scale = hooks.loss_scale(k) if hooks.loss_scale else 1.0
-        for mb in d.shard(mbs):  # this process's micro-batches; len(mbs) stays the global one
+        for mb in d.padded_shard(mbs):  # this process's micro-batches; len(mbs) is global
+            if mb is None:  # sharded, and this process has fewer: zero, through the model
+                (_logps(policy, dummy, cfg.temperature).sum() * 0.0).backward()
+                continue
             b = batch_of(mb)
             logps = _logps(policy, b, cfg.temperature)
             loss, st = grpo_loss(

@@ -114,7 +114,8 @@ def sft_grad_norm_probe(
     loss.backward()
     distributed.current().all_reduce_grads(params)  # several processes: the batch's gradient
     grads = [p.grad for p in params if p.grad is not None]
-    norm = float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))) if grads else 0
+    # sharded gradients (DTensors) give a DTensor norm over the whole gradient: gathered
+    norm = float(distributed.full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
     for p in params:
         p.grad = None
     policy.model.train(was_training)

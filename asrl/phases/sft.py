@@ -16,7 +16,6 @@ from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
 from asrl.phases.common import clip_and_step, length_grouped_batches, set_lr
-from asrl.phases.fused_ce import linear_cross_entropy
 from asrl.types import Example, PhaseResult
 
 
@@ -50,36 +49,31 @@ def _forward_loss(
 ) -> torch.Tensor:
     """``sft_loss`` computed without logits for prompt and padding positions.
 
-    The LM head (vocab x hidden: 21% of SmolLM2's weights) and the vocab-wide log-softmax run
-    only where a label is; prompts are about half of each sequence. Equal to
-    ``sft_loss(model(...).logits, labels, num_items)`` (tested). ``token_weight`` maps the
-    labelled tokens' log-probs (N,) to weights on their cross-entropy (CHORD's phi).
+    Equal to ``sft_loss(model(...).logits, labels, num_items)`` (tested). ``token_weight``
+    maps the labelled tokens' log-probs (N,) to weights on their cross-entropy (CHORD's phi).
     """
     batch = {k: v.to(policy.device) for k, v in batch.items()}
-    causal_lm = policy.model.get_base_model()  # LoRA layers are injected in place
+    targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != IGNORE
     with policy.autocast():
-        hidden = causal_lm.get_decoder()(
-            input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-        ).last_hidden_state  # (B, T, H)
-        targets = batch["labels"][:, 1:]  # (B, T-1): position t predicts token t+1
-        keep = targets != IGNORE
-        ce = _response_ce(causal_lm.get_output_embeddings(), hidden[:, :-1][keep], targets[keep])
+        ce = policy.response_ce(batch["input_ids"], batch["attention_mask"], keep, targets[keep])
     total = ce.sum() if token_weight is None else (token_weight(-ce) * ce).sum()
     return total / max(int(num_items), 1)
 
 
-def _response_ce(
-    head: torch.nn.Module, hidden: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """Per-token cross-entropy of the LM head on (N, H) hidden states -> (N,) fp32.
+def dummy_loss(policy: Policy) -> torch.Tensor:
+    """Zero, through one forward of the whole model (its gradients are zero).
 
-    A frozen, bias-free head (LoRA's case) takes the fused chunked path, which never holds
-    the (N, V) logits and their gradient at once; otherwise the plain one.
+    Sharded (FSDP), every process must make the same forward and backward calls: a process
+    whose share of a batch is empty runs this instead of skipping.
     """
-    weight = getattr(head, "weight", None)
-    if isinstance(head, torch.nn.Linear) and head.bias is None and not weight.requires_grad:
-        return linear_cross_entropy(hidden, weight, targets)
-    return F.cross_entropy(head(hidden).float(), targets, reduction="none")
+    pad = policy.tokenizer.pad_token_id
+    batch = {
+        "input_ids": torch.full((1, 2), pad),
+        "attention_mask": torch.ones((1, 2), dtype=torch.long),
+        "labels": torch.tensor([[IGNORE, pad]]),
+    }
+    return _forward_loss(policy, batch, 1) * 0.0
 
 
 def examples_loss(
@@ -103,7 +97,8 @@ def examples_loss(
     mine = d.shard(data)
     if not mine:  # more processes than examples: contribute nothing, but take part
         tokens = d.sum([0.0])[0]
-        return torch.zeros((), requires_grad=True), len(data), int(tokens)
+        loss = dummy_loss(policy) if policy.sharded else torch.zeros((), requires_grad=True)
+        return loss, len(data), int(tokens)
     batch = collate(mine, policy.tokenizer.pad_token_id)
     loss = _forward_loss(policy, batch, n, token_weight)
     tokens = d.sum([float(batch["attention_mask"].sum())])[0]
@@ -121,8 +116,13 @@ def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16)
     pad = policy.tokenizer.pad_token_id
     d = distributed.current()
     mine = d.shard(data)  # each process its share; the sums are combined below
-    for i in range(0, len(mine), batch_size):
-        chunk = mine[i : i + batch_size]
+    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
+    if policy.sharded:  # as many forwards on every process
+        chunks += [[] for _ in range(d.max(len(chunks)) - len(chunks))]
+    for chunk in chunks:
+        if not chunk:
+            dummy_loss(policy)
+            continue
         n = sum(t.n_response for t in chunk)
         total += float(_forward_loss(policy, collate(chunk, pad), n)) * n
         count += n
@@ -162,7 +162,9 @@ def run_sft_phase(
         step_loss = 0.0
         for b in window:
             mine = d.shard(b)
-            if not mine:
+            if not mine:  # more processes than rows; sharded, it still takes part
+                if policy.sharded:
+                    dummy_loss(policy).backward()
                 continue
             batch = collate([data[i] for i in mine], pad)
             loss = _forward_loss(policy, batch, num_items)
