@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/vs_trl.py [--model smollm2-135m] [--repeats 1] [--sft-repeats 2]
         [--precision auto|bf16|fp32] [--sft-examples 64] [--questions 8] [--generations 6]
-        [--new-tokens 64]
+        [--new-tokens 64] [--trl-defaults]
 
 Both sides: the same base weights, LoRA r=32 alpha=64 on all seven projections, no dropout.
 SFT: the same tokenized examples (prompt masked), batch 8, one pass -> real tokens/s.
@@ -14,6 +14,9 @@ that framework's alone); A/B alternate within each repeat and medians are report
 SFT throughput is also shown as a fraction of the LoRA FLOP limit: 4*N FLOPs per token
 (forward 2N + activation gradients 2N, no weight gradients for the frozen base; N = base
 parameters), at the faster of the fp32 / bf16 matmul rates measured in the same run.
+``--trl-defaults`` adds a third reading per repeat: TRL as a user gets it without setting a
+precision (SFTConfig/GRPOConfig default ``bf16=True``: bf16 autocast on a CPU that has bf16),
+beside the equal-precision comparison.
 """
 
 from __future__ import annotations
@@ -262,6 +265,9 @@ def main() -> None:
     ap.add_argument("--generations", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--skip", choices=["sft", "grpo"], action="append", default=[])
+    ap.add_argument(
+        "--trl-defaults", action="store_true", help="also time TRL at its default bf16=True"
+    )
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
@@ -290,6 +296,7 @@ def main() -> None:
     for k, v in rates.items():
         print(f"matmul 2048^3 {k:9s} {v:8.0f} GFLOP/s")
     readings: dict[str, list[dict]] = {}
+    defaults = a.trl_defaults and a.precision != "bf16"  # else the same as the TRL reading
     plan = []
     if "sft" not in a.skip:
         plan += [("sft", a.sft_repeats)]
@@ -297,9 +304,14 @@ def main() -> None:
         plan += [("grpo", a.repeats)]
     for phase, repeats in plan:
         for _ in range(repeats):  # alternate A/B inside each repeat
-            for fw in ("asrl", "trl"):
+            for fw in ("asrl", "trl", "trl-default")[: 3 if defaults else 2]:
                 name = f"{fw}-{phase}"
-                r = run_child(name, argv)
+                worker, args = name.replace("-default", ""), argv
+                if fw == "trl-default":
+                    args = [
+                        x if not x.startswith("--precision") else "--precision=bf16" for x in argv
+                    ]
+                r = run_child(worker, args)
                 readings.setdefault(name, []).append(r)
                 print(f"  {name}: {r}", flush=True)
 
@@ -323,6 +335,11 @@ def main() -> None:
         )
         ro, rt = med("asrl-sft", "rss_mb"), med("trl-sft", "rss_mb")
         print(f"{'  peak RSS (MB)':36s} {ro:10.0f} {rt:10.0f} {ro / rt:9.2f}")
+        if defaults:
+            td = tok / med("trl-default-sft", "seconds")
+            print(
+                f"{'  TRL at its defaults (bf16), tok/s':36s} {ours:10.0f} {td:10.0f} {ours / td:9.2f}"
+            )
     if "grpo" not in a.skip:
         label = f"GRPO {a.questions}x{a.generations}x{a.new_tokens} (s)"
         so, st = med("asrl-grpo", "seconds"), med("trl-grpo", "seconds")
@@ -331,6 +348,9 @@ def main() -> None:
         print(f"{'  tokens generated':36s} {go:10.0f} {gt:10.0f} {go / gt:9.2f}")
         ro, rt = med("asrl-grpo", "rss_mb"), med("trl-grpo", "rss_mb")
         print(f"{'  peak RSS (MB)':36s} {ro:10.0f} {rt:10.0f} {ro / rt:9.2f}")
+        if defaults:
+            sd = med("trl-default-grpo", "seconds")
+            print(f"{'  TRL at its defaults (bf16), s':36s} {so:10.1f} {sd:10.1f} {so / sd:9.2f}")
     print(f"precision {a.precision}; medians of {a.sft_repeats} SFT / {a.repeats} GRPO readings")
 
 
