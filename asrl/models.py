@@ -145,24 +145,28 @@ def pick_device(requested: str) -> torch.device:
     return torch.device("cpu")
 
 
-def _cpu_bf16_speedup() -> float:
-    """fp32 time / bf16 time of a model-shaped matmul on this CPU (~0.1 s to measure).
+def _cpu_bf16_speedup(rounds: int = 5) -> float:
+    """fp32 time / bf16 time of a model-shaped matmul on this CPU (~0.1-0.2 s to measure).
 
     Whether bf16 pays on a CPU depends on its matrix units: we measured it 2x faster on one
-    Xeon and 1.8x *slower* on another (AVX512-BF16 but no AMX), so "auto" measures.
+    Xeon and 1.8x *slower* on another (AVX512-BF16 but no AMX), so "auto" measures. The two
+    are timed in alternation and each keeps its best round: a single reading taken while the
+    thread pool was still waking up once made fp32 look slow and picked bf16 on the CPU
+    where it is twice as slow.
     """
     import time
 
     a, w = torch.randn(512, 576), torch.randn(1536, 576)
-    times = {}
-    for dt in (torch.float32, torch.bfloat16):
-        x, y = a.to(dt), w.to(dt)
-        x @ y.t()  # warm-up
-        t = time.perf_counter()
-        for _ in range(4):
-            x @ y.t()
-        times[dt] = time.perf_counter() - t
-    return times[torch.float32] / times[torch.bfloat16]
+    pairs = {dt: (a.to(dt), w.to(dt)) for dt in (torch.float32, torch.bfloat16)}
+    best = dict.fromkeys(pairs, float("inf"))
+    for _ in range(rounds):
+        for dt, (x, y) in pairs.items():
+            x @ y.t()  # warm-up
+            t = time.perf_counter()
+            for _ in range(4):
+                x @ y.t()
+            best[dt] = min(best[dt], time.perf_counter() - t)
+    return best[torch.float32] / best[torch.bfloat16]
 
 
 def pick_autocast(requested: str, device: torch.device) -> torch.dtype | None:

@@ -31,6 +31,12 @@ def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
     assert main(argv) == 0
     first = capsys.readouterr().out
     assert "run 1/4 asrl seed 0" in first and "run 4/4 sft seed 1" in first
+    # model.autocast=auto is resolved once by compare: every run in the same precision
+    precisions = {
+        json.loads((out / "runs" / run / "config.json").read_text())["model"]["autocast"]
+        for run in ("asrl-s0", "asrl-s1", "sft-s0", "sft-s1")
+    }
+    assert len(precisions) == 1 and precisions <= {"none", "bf16", "fp16"}
     for run in ("asrl-s0", "asrl-s1", "sft-s0", "sft-s1"):
         assert (out / "runs" / run / "summary.json").is_file()
         assert (out / "runs" / run / "data.jsonl").is_file()  # its own copy of the data

@@ -5,7 +5,6 @@ against the real libraries: test_tracking_real.py."""
 
 import importlib.util
 import json
-import shutil
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -98,15 +97,10 @@ def test_grpo_rollouts_logged_with_reward_components(run_a):
     assert [t.step for t in ea.Tensors("samples/eval/sft/text_summary")] == after_sft
 
 
-def test_resume_leaves_no_duplicated_or_stale_points(run_a, tmp_path):
-    # B is A "crashed" after epoch 2's SFT phase: its latest checkpoint is epoch-0001.p1,
-    # but metrics.jsonl, samples.jsonl and the event file already hold epoch 2's GRPO
-    # phase and eval. Resuming redoes them: each step must be in the log once, from B.
-    b = tmp_path / "b"
-    shutil.copytree(run_a, b)
-    shutil.rmtree(b / "out" / "checkpoints" / "epoch-0002")
-    (b / "out" / "summary.json").unlink()
-    state = json.loads((b / "out" / "checkpoints" / "epoch-0001.p1" / "state.json").read_text())
+def test_resume_leaves_no_duplicated_or_stale_points(run_a, tmp_path, crashed_after_sft):
+    # B is A "crashed" after epoch 2's SFT phase: resuming redoes its GRPO phase and eval,
+    # and each step must be in the log once, from B.
+    b, state = crashed_after_sft(run_a, tmp_path / "b")
     old = jsonl(b / "out" / "metrics.jsonl")
     train(tiny(b, f"data.path={run_a / 'data.jsonl'}"), resume=True)
 

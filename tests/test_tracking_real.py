@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -248,15 +247,11 @@ def test_trackio_local_run_holds_metrics_jsonl(run_a):
         assert_grpo_table(table["_value"], [s for s in rollouts if s["epoch"] == epoch])
 
 
-def test_resume_is_a_new_run_from_the_resumed_step(run_a, tmp_path):
-    # B is A "crashed" after epoch 2's SFT phase (as in test_tracking.py): resuming redoes
-    # epoch 2's GRPO phase and eval. Each library gets a second run, of the same name,
-    # holding exactly the redone lines; A's run is left as it was.
-    b = tmp_path / "b"
-    shutil.copytree(run_a, b)
-    shutil.rmtree(b / "out" / "checkpoints" / "epoch-0002")
-    (b / "out" / "summary.json").unlink()
-    state = json.loads((b / "out" / "checkpoints" / "epoch-0001.p1" / "state.json").read_text())
+def test_resume_is_a_new_run_from_the_resumed_step(run_a, tmp_path, crashed_after_sft):
+    # B is A "crashed" after epoch 2's SFT phase: resuming redoes epoch 2's GRPO phase and
+    # eval. Each library gets a second run, of the same name, holding exactly the redone
+    # lines; A's run is left as it was.
+    b, state = crashed_after_sft(run_a, tmp_path / "b")
     kept = state["metrics_lines"]
     train_cli(b, resume=True, data=run_a / "data.jsonl")
     lines = jsonl(b / "out" / "metrics.jsonl")

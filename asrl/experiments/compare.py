@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from asrl.config import ConfigError, load_config
+from asrl.config import ConfigError, ModelConfig, load_config
 from asrl.data.sources import write_synthetic
 
 # --preset small: sized so that the demo data, 7 methods x 3 seeds, fits in 2 hours on a
@@ -180,6 +180,24 @@ def run_all(args: argparse.Namespace, overrides: list[str]) -> list[dict]:
     return runs
 
 
+def _one_precision(model: ModelConfig) -> list[str]:
+    """``model.autocast=auto`` resolved once here, so every run trains in the same precision.
+
+    Each run would otherwise time a matmul at its own start, and on a busy CPU one reading
+    can come out the other way (it did: one of 24 runs trained in bf16).
+    """
+    if model.autocast != "auto":
+        return []
+    import torch
+
+    from asrl.models import pick_autocast, pick_device
+
+    dtype = pick_autocast("auto", pick_device(model.device))
+    name = {None: "none", torch.bfloat16: "bf16", torch.float16: "fp16"}[dtype]
+    print(f"compare: model.autocast=auto resolved once for every run: {name}")
+    return [f"model.autocast={name}"]
+
+
 def _compare(args: argparse.Namespace) -> int:
     from asrl.experiments.report import write_outputs
 
@@ -196,7 +214,8 @@ def _compare(args: argparse.Namespace) -> int:
             f"data.inject.count={args.inject_count}",
             f"data.inject.mix={args.inject_mix}",
         ]
-    load_config(args.config, overrides)  # fail fast on a bad config or override
+    cfg = load_config(args.config, overrides)  # fail fast on a bad config or override
+    overrides += _one_precision(cfg.model)
     from asrl.interrupt import Interrupted
 
     try:
