@@ -431,7 +431,7 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         + (f" processes={d.world}" if d.world > 1 else "")
         + (" sharded (FSDP2)" if d.sharded else "")
     )
-    if start_epoch == 0:
+    if start_epoch == 0 and not run.resume_phases:  # a fresh start (not one inside epoch 1)
         data = run.refresh_data(0)
         console(
             f"data: {data['data/train_size']} train / {data['data/val_size']} val / "

@@ -131,19 +131,23 @@ def test_merged_generation_matches_unmerged(tmp_path):
     assert torch.allclose(plain, after, atol=1e-5)  # unmerge restored the base weights
 
 
-def test_resume_mid_epoch_from_a_phase_checkpoint_equals_uninterrupted(tmp_path):
-    # Run A: 2 epochs. B: the same run, "crashed" after epoch 2's SFT phase (its latest
-    # checkpoint is then epoch-0001.p1). Resuming B redoes only epoch 2's GRPO phase.
+@pytest.mark.parametrize("epochs", [2, 1])
+def test_resume_mid_epoch_from_a_phase_checkpoint_equals_uninterrupted(tmp_path, epochs):
+    # Run A: `epochs` epochs. B: the same run, "crashed" after the last epoch's SFT phase
+    # (its latest checkpoint is then epoch-000<epochs-1>.p1). Resuming B redoes only that
+    # epoch's GRPO phase. With epochs=1 the checkpoint is inside the first epoch: the
+    # initial evaluation must not be run (and logged) again with the trained adapter.
     import shutil
 
     a = tmp_path / "a"
-    train(tiny(a))
+    train(tiny(a, f"schedule.epochs={epochs}"))
     b = tmp_path / "b"
     shutil.copytree(a, b)
-    shutil.rmtree(b / "out" / "checkpoints" / "epoch-0002")
+    shutil.rmtree(b / "out" / "checkpoints" / f"epoch-{epochs:04d}")
     (b / "out" / "summary.json").unlink()
     cfg_b = load_config(
-        "configs/tiny.yaml", [f"output_dir={b / 'out'}", f"data.path={a / 'data.jsonl'}"]
+        "configs/tiny.yaml",
+        [f"output_dir={b / 'out'}", f"data.path={a / 'data.jsonl'}", f"schedule.epochs={epochs}"],
     )
     train(cfg_b, resume=True)
 
@@ -154,6 +158,7 @@ def test_resume_mid_epoch_from_a_phase_checkpoint_equals_uninterrupted(tmp_path)
         ]
 
     assert strip(read_metrics(b / "out")) == strip(read_metrics(a / "out"))
-    wa = load_file(a / "out" / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
-    wb = load_file(b / "out" / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
+    last = f"epoch-{epochs:04d}"
+    wa = load_file(a / "out" / "checkpoints" / last / "adapter_model.safetensors")
+    wb = load_file(b / "out" / "checkpoints" / last / "adapter_model.safetensors")
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
