@@ -22,7 +22,7 @@ decoder layer's weights and every backward reduce-scatters its LoRA gradients. S
 process must make the same forward and backward calls: decoding runs until all processes'
 rows are done (``all_done``), a process whose share of a batch is empty runs a dummy batch
 whose loss is multiplied by zero, and checkpoints are gathered by all processes
-(``full_state``). FSDP sums the gradients itself, so ``all_reduce_grads`` leaves them alone.
+(``checkpoint.gather_full``). FSDP sums the gradients itself, so ``all_reduce_grads`` leaves them alone.
 
 With one process every function here is a no-op, and nothing imports torch.distributed.
 """
