@@ -24,6 +24,10 @@ rows are done (``all_done``), a process whose share of a batch is empty runs a d
 whose loss is multiplied by zero, and checkpoints are gathered by all processes
 (``checkpoint.gather_full``). FSDP sums the gradients itself, so ``all_reduce_grads`` leaves them alone.
 
+DeepSpeed ZeRO-1/2 (a DeepSpeed launch: ``ACCELERATE_USE_DEEPSPEED``): the base model is
+replicated, DeepSpeed's engine reduces the adapter's gradients and steps (``asrl.zero``);
+every process makes the same backward calls (``lockstep_backward``), checkpoints are gathered.
+
 With one process every function here is a no-op, and nothing imports torch.distributed.
 """
 
@@ -43,9 +47,19 @@ T = TypeVar("T")
 class Dist:
     """This process's place in the group: ``rank`` of ``world``; ``is_main`` is rank 0."""
 
-    def __init__(self, rank: int = 0, world: int = 1, sharded: bool = False) -> None:
+    def __init__(
+        self, rank: int = 0, world: int = 1, sharded: bool = False, zero_stage: int = 0
+    ) -> None:
         self.rank, self.world = rank, world
         self.sharded = sharded and world > 1  # FSDP2: the base model split across processes
+        self.zero_stage = zero_stage if world > 1 else 0  # DeepSpeed ZeRO-1/2 (asrl.zero)
+
+    @property
+    def lockstep_backward(self) -> bool:
+        """Every process must make the same backward calls, each reaching every trainable
+        parameter: FSDP and ZeRO-2 communicate in each backward, ZeRO-1 reduces every
+        parameter's gradient in its step (a process with less to do runs dummy batches)."""
+        return self.sharded or self.zero_stage > 0
 
     @property
     def is_main(self) -> bool:
@@ -116,7 +130,7 @@ class Dist:
         batch that contributes nothing but takes part in FSDP's collectives.
         """
         mine: list[T | None] = list(self.shard(items))
-        if self.sharded:
+        if self.lockstep_backward:
             mine += [None] * (-(-len(items) // self.world) - len(mine))
         return mine
 
@@ -125,9 +139,10 @@ class Dist:
 
         A parameter without a gradient on this process (its share was empty) counts as zero;
         one without a gradient on every process keeps none (the optimizer skips it, as it
-        would with one process). Sharded: FSDP's backward has already summed them.
+        would with one process). Sharded: FSDP's backward has already summed them; ZeRO:
+        DeepSpeed's engine reduces them.
         """
-        if not self.active or self.sharded:
+        if not self.active or self.sharded or self.zero_stage:
             return
         parts = [
             (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
@@ -141,6 +156,16 @@ class Dist:
             got = flat[-len(params) + i] > 0
             p.grad = flat[offset : offset + n].view_as(p).clone() if got else None
             offset += n
+
+    def sum_tensors(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Element-wise sums over processes of a few tensors (one collective)."""
+        if not self.active:
+            return list(tensors)
+        flat = torch.cat([t.reshape(-1) for t in tensors])
+        torch.distributed.all_reduce(flat)
+        return [
+            part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)
+        ]
 
     def broadcast_params(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Copy the main process's values of ``params`` to every process."""
@@ -165,41 +190,27 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-REFUSED = {
-    "ACCELERATE_USE_DEEPSPEED": (
-        "DeepSpeed was asked for (accelerate launch --use_deepspeed / a DeepSpeed config), but "
-        "asrl does not run under DeepSpeed: it trains a LoRA adapter with its own optimizer "
-        "steps and gradient sums, and ZeRO's engine would have to own both (ZeRO-1/2 would "
-        "shard the optimizer state of an adapter that is a few MB). To split the base model "
-        "across processes use FSDP (configs/accelerate/fsdp.yaml); otherwise plain data "
-        "parallelism (configs/accelerate/ddp.yaml)."
-    ),
-}
-
-
 def _env_flag(var: str) -> bool:
     return os.environ.get(var, "").lower() in ("1", "true", "yes")
 
 
-def refuse_unsupported_launch() -> None:
-    """Fail clearly on a DeepSpeed launch instead of running as plain DDP.
-
-    accelerate launch --use_deepspeed sets ACCELERATE_USE_DEEPSPEED, but on CPU processes
-    accelerate reports MULTI_CPU, so the launch's distributed type alone does not reveal
-    what the user asked for.
-    """
-    for var, why in REFUSED.items():
-        if _env_flag(var):
-            raise ConfigError(f"launch: {why}")
-
-
 def init() -> Dist:
-    """Join the process group ``accelerate launch`` (or torchrun) set up, if any."""
+    """Join the process group ``accelerate launch`` (or torchrun) set up, if any.
+
+    The launch's kind comes from the launcher's variables: on CPU processes accelerate reports
+    FSDP and DeepSpeed launches as MULTI_CPU, so its distributed type alone does not tell.
+    A DeepSpeed launch is checked (asrl.zero.requested) before any process group is joined.
+    """
     global _current
     if launched_world_size() <= 1:
         _current = Dist()
         return _current
-    refuse_unsupported_launch()
+    zero_stage = 0
+    if _env_flag("ACCELERATE_USE_DEEPSPEED"):
+        from asrl import zero
+
+        zero_stage = zero.requested()[0]
+        zero.import_deepspeed()
     from accelerate import PartialState
     from accelerate.utils import DistributedType
 
@@ -210,12 +221,15 @@ def init() -> Dist:
     # anyway: the launcher's variable says sharding was asked for, shard_model does it.
     sharded = _env_flag("ACCELERATE_USE_FSDP")
     allowed = [DistributedType.MULTI_CPU, DistributedType.MULTI_GPU]
-    if state.distributed_type not in allowed + ([DistributedType.FSDP] if sharded else []):
+    allowed += [DistributedType.FSDP] if sharded else []
+    allowed += [DistributedType.DEEPSPEED] if zero_stage else []
+    if state.distributed_type not in allowed:
         raise ConfigError(
-            f"launch: asrl supports data-parallel launches (replicated or FSDP-sharded) only, "
-            f"not {state.distributed_type}; use configs/accelerate/ddp.yaml or fsdp.yaml"
+            f"launch: asrl supports data-parallel launches (replicated, FSDP-sharded or "
+            f"DeepSpeed ZeRO-1/2) only, not {state.distributed_type}; use "
+            "configs/accelerate/ddp.yaml, fsdp.yaml or zero2.yaml"
         )
-    _current = Dist(state.process_index, state.num_processes, sharded=sharded)
+    _current = Dist(state.process_index, state.num_processes, sharded, zero_stage)
     return _current
 
 

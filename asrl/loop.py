@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from asrl import distributed
+from asrl import distributed, zero
 from asrl.checkpoint import gather_full, latest_checkpoint, load_checkpoint, save_checkpoint
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
@@ -235,8 +235,9 @@ class Run:
             "schedule": self.schedule.state(),
         }
         d = distributed.current()
-        # sharded: every process takes part in gathering what the main one writes
-        full = gather_full(self.policy, self.optimizers) if self.policy.sharded else None
+        # sharded or ZeRO: every process takes part in gathering what the main one writes
+        gather = self.policy.sharded or d.zero_stage
+        full = gather_full(self.policy, self.optimizers) if gather else None
         if d.is_main:
             save_checkpoint(
                 self.out / "checkpoints",
@@ -385,6 +386,10 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         console(f"resumed from {ckpt} ({where})")
     elif resume:
         console(f"resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
+    if d.zero_stage:  # a DeepSpeed launch: its ZeRO engine takes over the optimizer steps
+        # (built now, from the states a resumed run loaded into the plain AdamWs)
+        stage, zero_config = zero.requested()
+        run.optimizers = zero.wrap(policy.model, optimizers, stage, d.world, zero_config)
     if resume:
         # drop what was logged after the checkpoint: that work is redone, and logged once
         # (trackers too: TensorBoard's files lose the events past that point)
@@ -430,6 +435,7 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         f"autocast={run.policy.autocast_dtype} out={run.out}"
         + (f" processes={d.world}" if d.world > 1 else "")
         + (" sharded (FSDP2)" if d.sharded else "")
+        + (f" DeepSpeed ZeRO-{d.zero_stage}" if d.zero_stage else "")
     )
     if start_epoch == 0 and not run.resume_phases:  # a fresh start (not one inside epoch 1)
         data = run.refresh_data(0)

@@ -3,7 +3,8 @@
 Every process samples the same full round (same weights, same seed), gives it fixed random
 rewards (a random tiny model earns none), then takes ``grpo_update`` steps, in which each
 process computes its share of the micro-batches. The adapter is saved for comparison.
-Under an FSDP launch the model is sharded first (every process then decodes in step).
+Under an FSDP launch the model is sharded first (every process then decodes in step);
+under a DeepSpeed launch its ZeRO engine takes the steps.
 """
 
 import random
@@ -11,7 +12,7 @@ import sys
 
 import torch
 
-from asrl import distributed
+from asrl import distributed, zero
 from asrl.checkpoint import gather_full
 from asrl.config import load_config
 from asrl.data.records import parse_record
@@ -44,6 +45,8 @@ ro = rollout(policy, examples, cfg.grpo, rewards, seed=7, system_prompt=None)
 g = torch.Generator().manual_seed(3)
 ro.rewards = torch.rand(len(ro.rewards), generator=g).tolist()
 opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
+if d.zero_stage:  # a DeepSpeed launch: its engine steps
+    opt = zero.wrap(policy.model, {"grpo": opt}, zero.requested()[0], d.world)["grpo"]
 stats = grpo_update(policy, ro, cfg.grpo, opt, random.Random(5))
 full = gather_full(policy, {})[0] if policy.sharded else None  # sharded: all gather
 if d.is_main:

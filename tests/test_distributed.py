@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -176,36 +177,78 @@ def test_a_launchers_echo_of_the_stop_signal_is_not_a_second_signal(monkeypatch)
             interrupt._on_signal(signal.SIGINT, None)
 
 
-def test_deepspeed_launches_are_refused_before_joining(monkeypatch):
-    """On CPU accelerate reports such a launch as MULTI_CPU (and would run plain DDP): the
-    launcher's own variable is what tells; refused before any process group is joined."""
+@pytest.mark.parametrize(
+    "env, refused",
+    [
+        ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, "ZeRO-3 .* FSDP mode"),
+        ({"ACCELERATE_DEEPSPEED_ZERO_STAGE": "0"}, "stage 0 is plain data parallelism"),
+        ({"ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE": "cpu"}, "offloading is not supported"),
+    ],
+)
+def test_deepspeed_launches_asrl_does_not_run_are_refused_before_joining(
+    monkeypatch, tmp_path, env, refused
+):
+    """On CPU accelerate reports a DeepSpeed launch as MULTI_CPU (it would run plain DDP):
+    the launcher's own variables are what tell; refused before any process group is joined."""
     from asrl import distributed
     from asrl.config import ConfigError
 
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(ConfigError, match="does not run under DeepSpeed"):
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    with pytest.raises(ConfigError, match=refused):
+        distributed.init()
+    assert not distributed.current().active
+    # the same from a DeepSpeed JSON file (accelerate's deepspeed_config_file)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", raising=False)
+    monkeypatch.delenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", raising=False)
+    zero = {"stage": int(env.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", 2))}
+    if "ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE" in env:
+        zero["offload_optimizer"] = {"device": "cpu"}
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": zero}))
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_CONFIG_FILE", str(tmp_path / "ds.json"))
+    with pytest.raises(ConfigError, match=refused):
+        distributed.init()
+
+
+def test_a_deepspeed_launch_without_deepspeed_installed_says_what_to_install(monkeypatch):
+    from asrl import distributed
+    from asrl.config import ConfigError
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    monkeypatch.setitem(sys.modules, "deepspeed", None)  # import deepspeed: ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'asrl\[deepspeed\]'"):
         distributed.init()
     assert not distributed.current().active
 
 
 # --------------------------------------------------------------------------------------
-# sharded (FSDP2): launched with configs/accelerate/fsdp.yaml, as a user would
+# sharded (FSDP2, configs/accelerate/fsdp.yaml) and DeepSpeed ZeRO-1/2 (zero2.yaml; accelerate's
+# --zero_stage 1 overrides its stage), launched as a user would
 
-FSDP = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
-FSDP += ["configs/accelerate/fsdp.yaml", "--main_process_port", "0"]
+LAUNCHES = {
+    "fsdp": (["configs/accelerate/fsdp.yaml"], "sharded (FSDP2)"),
+    "zero1": (["configs/accelerate/zero2.yaml", "--zero_stage", "1"], "DeepSpeed ZeRO-1"),
+    "zero2": (["configs/accelerate/zero2.yaml"], "DeepSpeed ZeRO-2"),
+}
 # uneven shares everywhere: SFT's last batch holds 1 row (17 = 8 + 8 + 1), one GRPO question
 # and one eval example: process 1 has no rollouts, no micro-batches, nothing to decode or to
-# score in evaluation; it runs dummy batches and steps in time with process 0's decoding
+# score in evaluation; it runs dummy batches (and, sharded, steps in time with process 0's
+# decoding)
 UNEVEN = ["sft.max_examples_per_phase=17", "grpo.questions_per_epoch=1", "eval.max_examples=1"]
 
 
-def _run_sharded(args: list[str]) -> str:
-    done = subprocess.run(
-        [*FSDP, *args], cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout + done.stderr
+def _run_launch(kind: str, args: list[str], ok: bool = True) -> str:
+    config, banner = LAUNCHES[kind]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", *config]
+    cmd += ["--main_process_port", "0", *args]
+    done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+    assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
+    log = done.stdout + done.stderr
+    assert "asrl:" not in log or f"processes=2 {banner}" in log
+    return log
 
 
 def _uneven_args(tmp_path: Path, out: Path, *sets: str) -> list[str]:
@@ -225,48 +268,100 @@ def _same_metrics(a: list[dict], b: list[dict]) -> None:
                 assert rb[key] == pytest.approx(value, rel=1e-5, abs=1e-6, nan_ok=True), key
 
 
-def test_sharded_run_with_uneven_shares_equals_one_process_and_resumes_across(tmp_path):
-    """FSDP2 over 2 processes: an SFT + GRPO run whose every phase leaves process 1 with less
-    (or nothing) to do ends where the 1-process run does: process 0 samples the only
-    question with the 1-process seed, so every metric and the adapter agree. Then each run's
-    checkpoint is resumed by the other kind of run (sharded <-> 1 process) for a third
-    epoch: the formats are the same, the optimizer states are sharded and gathered again.
+def _optimizer_states(ckpt: Path) -> dict:
+    return torch.load(ckpt / "optimizer.pt", weights_only=True)
+
+
+def _same_optimizer_states(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert a[key]["state"].keys() == b[key]["state"].keys(), key
+        assert a[key]["param_groups"] == b[key]["param_groups"], key
+        for i, st in a[key]["state"].items():
+            for name, v in st.items():
+                assert torch.allclose(v, b[key]["state"][i][name], rtol=1e-5, atol=1e-7), name
+
+
+@pytest.mark.parametrize("kind", ["fsdp", "zero2"])
+def test_launched_run_with_uneven_shares_equals_one_process_and_resumes_across(tmp_path, kind):
+    """FSDP2 or ZeRO-2 over 2 processes: an SFT + GRPO run whose every phase leaves process 1
+    with less (or nothing) to do ends where the 1-process run does: process 0 samples the
+    only question with the 1-process seed, so every metric, the adapter and both optimizers'
+    states agree. Then each run's checkpoint is resumed by the other kind of run (launched
+    <-> 1 process) for a third epoch: the formats are the same, the optimizer states are
+    split across the processes and gathered again.
     """
     one, two = tmp_path / "one", tmp_path / "two"
     _run(_uneven_args(tmp_path, one), 1)
-    log = _run_sharded(_uneven_args(tmp_path, two))
-    assert "processes=2 sharded (FSDP2)" in log
+    _run_launch(kind, _uneven_args(tmp_path, two))
     for ckpt in ("checkpoints/epoch-0001.p1", "checkpoints/epoch-0002"):  # after SFT, GRPO
         assert _max_diff(_adapter(one / ckpt), _adapter(two / ckpt)) < 1e-6
+        _same_optimizer_states(_optimizer_states(one / ckpt), _optimizer_states(two / ckpt))
     _same_metrics(_lines(one), _lines(two))  # every line written once, by the main process
     assert json.loads((two / "summary.json").read_text())["epochs_run"] == 2
 
-    # resume across: the sharded run's checkpoint in one process, and the other way round
-    one.rename(tmp_path / "one-then-sharded")
-    two.rename(tmp_path / "sharded-then-one")
+    # resume across: the launched run's checkpoint in one process, and the other way round
+    one.rename(tmp_path / "one-then-launched")
+    two.rename(tmp_path / "launched-then-one")
     _run(
-        [*_uneven_args(tmp_path, tmp_path / "sharded-then-one", "schedule.epochs=3"), "--resume"], 1
+        [*_uneven_args(tmp_path, tmp_path / "launched-then-one", "schedule.epochs=3"), "--resume"],
+        1,
     )
-    log = _run_sharded(
-        [*_uneven_args(tmp_path, tmp_path / "one-then-sharded", "schedule.epochs=3"), "--resume"]
+    log = _run_launch(
+        kind,
+        [*_uneven_args(tmp_path, tmp_path / "one-then-launched", "schedule.epochs=3"), "--resume"],
     )
     assert "resumed from" in log
-    a, b = tmp_path / "sharded-then-one", tmp_path / "one-then-sharded"
+    a, b = tmp_path / "launched-then-one", tmp_path / "one-then-launched"
     ckpt = "checkpoints/epoch-0003"
     assert _max_diff(_adapter(a / ckpt), _adapter(b / ckpt)) < 1e-6
+    _same_optimizer_states(_optimizer_states(a / ckpt), _optimizer_states(b / ckpt))
     _same_metrics(_lines(a), _lines(b))
 
 
-def test_sharded_grpo_update_equals_one_process(tmp_path):
+@pytest.mark.parametrize("kind", ["fsdp", "zero1", "zero2"])
+def test_launched_grpo_update_equals_one_process(tmp_path, kind):
     """Beta > 0 (reference pass, adapter disabled), 2 steps ("old" log-probs), micro-batches
-    of 2; every process samples the whole round while sharded, decoding in step."""
+    of 2, fixed random rewards (so the GRPO gradient is not zero); every process samples the
+    whole round (sharded: decoding in step)."""
     script = str(ROOT / "tests" / "ddp_grpo_update.py")
     logs = [
         _run([script, str(tmp_path / "p1"), "dapo"], 1),
-        _run_sharded([script, str(tmp_path / "p2"), "dapo"]),
+        _run_launch(kind, [script, str(tmp_path / "p2"), "dapo"]),
     ]
     printed = [next(x for x in log.splitlines() if x.startswith("losses")) for log in logs]
     one, two = (json.loads(x.split(" ", 1)[1].split(" tokens")[0]) for x in printed)
     assert two == pytest.approx(one, rel=1e-5, abs=1e-7)
     assert printed[0].split(" tokens")[1] == printed[1].split(" tokens")[1]
     assert _max_diff(_adapter(tmp_path / "p1"), _adapter(tmp_path / "p2")) < 1e-6
+
+
+def test_zero1_adaptive_run_equals_one_process(tmp_path):
+    """SASR-style switching under ZeRO-1: its gradient-norm probe takes the gradient aside
+    (DeepSpeed owns .grad) and sums it over the processes; the choices and the adapter
+    match the 1-process run."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    _run(_uneven_args(tmp_path, one, "schedule.method=adaptive"), 1)
+    _run_launch("zero1", _uneven_args(tmp_path, two, "schedule.method=adaptive"))
+    assert (
+        _max_diff(
+            _adapter(one / "checkpoints/epoch-0002"), _adapter(two / "checkpoints/epoch-0002")
+        )
+        < 1e-6
+    )
+    _same_metrics(_lines(one), _lines(two))
+    a, b = ([r for r in _lines(x) if r["phase"] == "schedule"] for x in (one, two))
+    assert len(a) == 2 and a[1]["schedule/signal"] != 1.0  # a probed gradient-norm ratio
+    assert [r["schedule/choice"] for r in a] == [r["schedule/choice"] for r in b]
+    assert [r["schedule/signal"] for r in b] == pytest.approx([r["schedule/signal"] for r in a])
+
+
+def test_zero2_skips_nonfinite_steps_and_stops_on_divergence(tmp_path):
+    """lr=1e30: the first SFT step blows the adapter up, the next gradients are not finite;
+    DeepSpeed skips those steps, the guard counts them on every process and stops the run
+    with the 1-process message, before any checkpoint."""
+    out = tmp_path / "out"
+    args = _uneven_args(tmp_path, out, "sft.lr=1.0e+30", "train.max_bad_steps_in_row=2")
+    log = _run_launch("zero2", args, ok=False)
+    assert log.count("sft: 2 optimizer steps in a row had a non-finite loss") == 2  # each rank
+    assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())

@@ -17,6 +17,7 @@ import torch
 from asrl import distributed
 from asrl.config import GRPOConfig, ScheduleConfig
 from asrl.models import Policy
+from asrl.phases.common import backward
 from asrl.phases.grpo import GRPOHooks, run_grpo_phase
 from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
@@ -86,7 +87,7 @@ def run_chord_phase(
         )
         if loss is None:
             return {"train/chord_mu": m}
-        (m * loss).backward()
+        backward(m * loss)
         counts["examples"] += n_examples
         counts["tokens"] += n_tokens
         sft_loss = distributed.current().sum([loss.item()])[0]  # the processes' shares add up

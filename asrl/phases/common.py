@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from asrl import distributed, interrupt
+from asrl import distributed, interrupt, zero
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -153,6 +153,15 @@ def guarded_steps(guard: StepGuard) -> Iterator[StepGuard]:
         _active_guard = previous
 
 
+def backward(loss: torch.Tensor) -> None:
+    """``loss.backward()``; in a DeepSpeed ZeRO run, through its engine (asrl.zero)."""
+    engine = zero.current()
+    if engine is None:
+        loss.backward()
+    else:
+        engine.backward(loss)
+
+
 def clip_and_step(
     params: Sequence[torch.nn.Parameter],
     optimizer: torch.optim.Optimizer,
@@ -167,10 +176,19 @@ def clip_and_step(
     A step whose ``loss`` or gradient norm is not finite is skipped (gradients zeroed,
     weights and optimizer state untouched) and counted by the active :class:`StepGuard`.
     A stop asked for by SIGTERM / Ctrl-C is honoured here, after the step completes.
+
+    DeepSpeed ZeRO (``optimizer`` is a ``zero.PhaseOptimizer``): its engine reduces, clips
+    and steps, and itself skips a step whose gradient norm is not finite; the guard counts
+    it. (A non-finite loss with finite gradients is stepped there.)
     """
+    guard = _active_guard or StepGuard(max_bad_in_row=2**31)
+    if isinstance(optimizer, zero.PhaseOptimizer):
+        norm = optimizer.step_engine(max_norm)
+        guard.ok(None, norm)  # counts what DeepSpeed skipped
+        interrupt.check()
+        return norm
     distributed.current().all_reduce_grads(params)  # sharded: FSDP's backward summed them
     norm = clip_grad_norm(params, max_norm if max_norm > 0 else float("inf"))
-    guard = _active_guard or StepGuard(max_bad_in_row=2**31)
     if guard.ok(loss, norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

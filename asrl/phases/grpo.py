@@ -20,7 +20,13 @@ from asrl.config import GRPOConfig
 from asrl.data.render import prompt_ids
 from asrl.generation import generate
 from asrl.models import Policy
-from asrl.phases.common import clip_and_step, completion_logps, set_lr, shared_prompt_logps
+from asrl.phases.common import (
+    backward,
+    clip_and_step,
+    completion_logps,
+    set_lr,
+    shared_prompt_logps,
+)
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult, Rollout
 
@@ -326,8 +332,8 @@ def grpo_update(
         step_loss = 0.0
         scale = hooks.loss_scale(k) if hooks.loss_scale else 1.0
         for mb in d.padded_shard(mbs):  # this process's micro-batches; len(mbs) is global
-            if mb is None:  # sharded, and this process has fewer: zero, through the model
-                (_logps(policy, dummy, cfg.temperature).sum() * 0.0).backward()
+            if mb is None:  # in lockstep, and this process has fewer: zero, through the model
+                backward(_logps(policy, dummy, cfg.temperature).sum() * 0.0)
                 continue
             b = batch_of(mb)
             logps = _logps(policy, b, cfg.temperature)
@@ -348,7 +354,7 @@ def grpo_update(
             if cfg.loss_type != "dapo":  # dapo is already normalised over the whole step
                 loss = loss / len(mbs)
             loss = loss * scale
-            loss.backward()
+            backward(loss)
             step_loss += loss.item()
             tokens += int(b.attention_mask.sum())
             for key in stats_acc:

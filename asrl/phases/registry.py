@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from asrl import distributed
+from asrl import distributed, zero
 from asrl.models import Policy
 from asrl.phases.chord import run_chord_phase
 from asrl.phases.grpo import run_grpo_phase
@@ -111,9 +111,16 @@ def sft_grad_norm_probe(
     if loss is None:
         policy.model.train(was_training)
         return float("nan"), 0
-    loss.backward()
-    distributed.current().all_reduce_grads(params)  # several processes: the batch's gradient
-    grads = [p.grad for p in params if p.grad is not None]
+    d = distributed.current()
+    if zero.current() is None:
+        loss.backward()
+        d.all_reduce_grads(params)  # several processes: the batch's gradient
+        grads = [p.grad for p in params if p.grad is not None]
+    else:  # DeepSpeed's engine owns .grad (and reduces it into its partitions): aside
+        mine = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = d.sum_tensors(
+            [torch.zeros_like(p) if g is None else g for g, p in zip(mine, params)]
+        )
     # sharded gradients (DTensors) give a DTensor norm over the whole gradient: gathered
     norm = float(distributed.full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
     for p in params:

@@ -19,7 +19,7 @@ import torch
 from asrl import distributed
 from asrl.config import GRPOConfig, SFTConfig
 from asrl.models import Policy
-from asrl.phases.common import clip_and_step, set_lr
+from asrl.phases.common import backward, clip_and_step, set_lr
 from asrl.phases.grpo import GRPOHooks, run_grpo_phase
 from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
@@ -93,7 +93,7 @@ def run_relift_phase(
             )
             if loss is not None:
                 set_lr(optimizers["sft"], sft_cfg.lr)
-                loss.backward()
+                backward(loss)
                 params = policy.trainable_parameters()
                 total = distributed.current().sum([loss.item()])[0]  # processes' shares
                 clip_and_step(params, optimizers["sft"], sft_cfg.max_grad_norm, total)

@@ -15,7 +15,7 @@ from asrl import distributed
 from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
-from asrl.phases.common import clip_and_step, length_grouped_batches, set_lr
+from asrl.phases.common import backward, clip_and_step, length_grouped_batches, set_lr
 from asrl.types import Example, PhaseResult
 
 
@@ -97,7 +97,7 @@ def examples_loss(
     mine = d.shard(data)
     if not mine:  # more processes than examples: contribute nothing, but take part
         tokens = d.sum([0.0])[0]
-        loss = dummy_loss(policy) if policy.sharded else torch.zeros((), requires_grad=True)
+        loss = dummy_loss(policy) if d.lockstep_backward else torch.zeros((), requires_grad=True)
         return loss, len(data), int(tokens)
     batch = collate(mine, policy.tokenizer.pad_token_id)
     loss = _forward_loss(policy, batch, n, token_weight)
@@ -162,13 +162,13 @@ def run_sft_phase(
         step_loss = 0.0
         for b in window:
             mine = d.shard(b)
-            if not mine:  # more processes than rows; sharded, it still takes part
-                if policy.sharded:
-                    dummy_loss(policy).backward()
+            if not mine:  # more processes than rows; in lockstep, it still takes part
+                if d.lockstep_backward:
+                    backward(dummy_loss(policy))
                 continue
             batch = collate([data[i] for i in mine], pad)
             loss = _forward_loss(policy, batch, num_items)
-            loss.backward()
+            backward(loss)
             step_loss += loss.item()
             tokens += int(batch["attention_mask"].sum())
         step_loss = d.sum([step_loss])[0]
