@@ -123,6 +123,12 @@ class Dist:
         torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
         return int(t.item())
 
+    def padded_chunks(self, items: Sequence[T], size: int) -> list[list[T]]:
+        """``items`` in chunks of ``size``, then empty chunks until every process has as
+        many (one small all-reduce; sharded runs take one forward per chunk)."""
+        chunks = [list(items[i : i + size]) for i in range(0, len(items), size)]
+        return chunks + [[] for _ in range(self.max(len(chunks)) - len(chunks))]
+
     def padded_shard(self, items: Sequence[T]) -> list[T | None]:
         """:meth:`shard`, padded with None so every process gets as many entries.
 

@@ -84,8 +84,7 @@ def generate(
     """
     d = distributed.current() if policy.sharded else distributed.Dist()
     batch_size = batch_size or max(len(prompts), 1)
-    chunks = [prompts[i : i + batch_size] for i in range(0, len(prompts), batch_size)]
-    chunks += [[] for _ in range(d.max(len(chunks)) - len(chunks))]  # sharded: as many
+    chunks = d.padded_chunks(prompts, batch_size)  # sharded: as many on every process
     out: list[list[int]] = []
     if not chunks:
         return out

@@ -116,9 +116,8 @@ def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16)
     pad = policy.tokenizer.pad_token_id
     d = distributed.current()
     mine = d.shard(data)  # each process its share; the sums are combined below
-    chunks = [mine[i : i + batch_size] for i in range(0, len(mine), batch_size)]
-    if policy.sharded:  # as many forwards on every process
-        chunks += [[] for _ in range(d.max(len(chunks)) - len(chunks))]
+    # sharded: as many forwards on every process
+    chunks = (d if policy.sharded else distributed.Dist()).padded_chunks(mine, batch_size)
     for chunk in chunks:
         if not chunk:
             dummy_loss(policy)
