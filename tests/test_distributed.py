@@ -103,9 +103,12 @@ def test_two_process_asrl_run_gathers_rollouts_and_writes_once(tmp_path):
     assert not list((out / "checkpoints").glob(".*"))  # no half-written checkpoint left
 
 
-def test_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path):
+@pytest.mark.parametrize("kind", ["ddp", "zero2"])
+def test_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(tmp_path, kind):
     """SIGTERM to the whole process group (Ctrl-C, a scheduler), then the same command with
     --resume: it continues from the phase checkpoint and ends where an uninterrupted run does.
+    Data parallel, and under DeepSpeed ZeRO-2 (whose checkpoint is gathered from the
+    partitions and split again on resume).
 
     Every worker gets the signal twice (directly, then forwarded by the launcher); that must
     still be one graceful stop, not "second signal: stop at once".
@@ -118,10 +121,13 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(
         a = ["-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(out)]
         return a + [x for s in [*sets, f"data.path={data}"] for x in ("--set", s)]
 
-    _run(args("ref"), 2)
+    def run(a: list[str]) -> str:
+        return _run(a, 2) if kind == "ddp" else _run_launch(kind, a)
+
+    run(args("ref"))
     out = tmp_path / "run"
     proc = subprocess.Popen(
-        _cmd(args("run"), 2),
+        _cmd(args("run"), 2) if kind == "ddp" else _launch_cmd(kind, args("run")),
         cwd=ROOT,
         env=_env(),
         stdout=subprocess.PIPE,
@@ -142,7 +148,7 @@ def test_two_process_run_stopped_by_sigterm_resumes_to_the_uninterrupted_result(
     assert not (out / "summary.json").exists()
     assert not (out / "checkpoints" / "epoch-0004").exists()
 
-    log = _run([*args("run"), "--resume"], 2)
+    log = run([*args("run"), "--resume"])
     assert "resumed from" in log and "epoch   1 |" not in log  # resumed, not restarted
     ref, got = _lines(tmp_path / "ref"), _lines(out)
     keys = [(r["epoch"], r["phase"], r.get("eval/after")) for r in got]
@@ -240,10 +246,14 @@ LAUNCHES = {
 UNEVEN = ["sft.max_examples_per_phase=17", "grpo.questions_per_epoch=1", "eval.max_examples=1"]
 
 
+def _launch_cmd(kind: str, args: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file"]
+    return [*cmd, *LAUNCHES[kind][0], "--main_process_port", "0", *args]
+
+
 def _run_launch(kind: str, args: list[str], ok: bool = True) -> str:
-    config, banner = LAUNCHES[kind]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", *config]
-    cmd += ["--main_process_port", "0", *args]
+    banner = LAUNCHES[kind][1]
+    cmd = _launch_cmd(kind, args)
     done = subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
     assert (done.returncode == 0) == ok, done.stdout[-3000:] + done.stderr[-3000:]
     log = done.stdout + done.stderr
