@@ -150,18 +150,11 @@ class Dist:
         """
         if not self.active or self.sharded or self.zero_stage:
             return
-        parts = [
-            (p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in params
-        ]
-        has = torch.tensor([float(p.grad is not None) for p in params], dtype=parts[0].dtype)
-        flat = torch.cat([*parts, has.to(parts[0].device)])
-        torch.distributed.all_reduce(flat)
-        offset = 0
-        for i, p in enumerate(params):
-            n = p.numel()
-            got = flat[-len(params) + i] > 0
-            p.grad = flat[offset : offset + n].view_as(p).clone() if got else None
-            offset += n
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+        has = torch.tensor([float(p.grad is not None) for p in params], dtype=grads[0].dtype)
+        *summed, got = self.sum_tensors([*grads, has.to(grads[0].device)])
+        for p, g, any_grad in zip(params, summed, got.tolist()):
+            p.grad = g.clone() if any_grad > 0 else None
 
     def sum_tensors(self, tensors: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Element-wise sums over processes of a few tensors (one collective)."""

@@ -388,8 +388,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         console(f"resume: no checkpoint in {out / 'checkpoints'} yet; starting from the beginning")
     if d.zero_stage:  # a DeepSpeed launch: its ZeRO engine takes over the optimizer steps
         # (built now, from the states a resumed run loaded into the plain AdamWs)
-        stage, zero_config = zero.requested()
-        run.optimizers = zero.wrap(policy.model, optimizers, stage, d.world, zero_config)
+        run.optimizers = zero.wrap(policy.model, optimizers, d.world)
     if resume:
         # drop what was logged after the checkpoint: that work is redone, and logged once
         # (trackers too: TensorBoard's files lose the events past that point)

@@ -284,13 +284,11 @@ def current() -> ZeroEngine | None:
 
 
 def wrap(
-    model: torch.nn.Module,
-    optimizers: dict[str, torch.optim.Optimizer],
-    stage: int,
-    world: int,
-    zero_config: dict[str, Any] | None = None,
+    model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer], world: int
 ) -> dict[str, PhaseOptimizer]:
-    """Hand the optimizer steps to a DeepSpeed ZeRO engine; returns the optimizers to use."""
+    """Hand the optimizer steps to a DeepSpeed ZeRO engine configured as the launch asked
+    (:func:`requested`); returns the optimizers to use."""
     global _engine
+    stage, zero_config = requested()
     _engine = ZeroEngine(model, optimizers, stage, world, zero_config)
     return {k: PhaseOptimizer(_engine, k) for k in optimizers}

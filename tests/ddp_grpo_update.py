@@ -46,7 +46,7 @@ g = torch.Generator().manual_seed(3)
 ro.rewards = torch.rand(len(ro.rewards), generator=g).tolist()
 opt = torch.optim.AdamW(policy.trainable_parameters(), lr=1e-3)
 if d.zero_stage:  # a DeepSpeed launch: its engine steps
-    opt = zero.wrap(policy.model, {"grpo": opt}, zero.requested()[0], d.world)["grpo"]
+    opt = zero.wrap(policy.model, {"grpo": opt}, d.world)["grpo"]
 stats = grpo_update(policy, ro, cfg.grpo, opt, random.Random(5))
 full = gather_full(policy, {})[0] if policy.sharded else None  # sharded: all gather
 if d.is_main:
