@@ -56,6 +56,9 @@ class ModelConfig:
     # with AMX, 2x slower on the AVX512-BF16 VM without it). Master weights stay fp32 so
     # LoRA updates and merge/unmerge stay exact.
     autocast: str = "auto"  # auto | bf16 | fp16 | none
+    # Master weights: float32, or float64 where summation order must not show (the tests
+    # that compare a 2-process run with a 1-process one run in float64: ~1e-16 rounding)
+    dtype: str = "float32"  # float32 | float64
     trust_remote_code: bool = False
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     lora: LoraConfig = field(default_factory=LoraConfig)
@@ -482,6 +485,12 @@ def validate(cfg: Config) -> None:
         cfg.model.autocast in ("auto", "bf16", "fp16", "none"),
         "model.autocast",
         "use auto, bf16, fp16 or none",
+    )
+    _require(cfg.model.dtype in ("float32", "float64"), "model.dtype", "use float32 or float64")
+    _require(
+        cfg.model.dtype == "float32" or cfg.model.autocast == "none",
+        "model.dtype",
+        "float64 runs without autocast: set model.autocast: none",
     )
     _require(
         len(cfg.format.sections) >= 1 and all(len(p) == 2 and all(p) for p in cfg.format.sections),

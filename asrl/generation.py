@@ -20,6 +20,7 @@ import torch
 
 from asrl import distributed
 from asrl.models import Policy
+from asrl.numerics import upcast
 from asrl.phases.common import TrainingDiverged
 
 NUCLEUS_CANDIDATES = 1024  # tokens searched for the nucleus before falling back to a sort
@@ -170,7 +171,7 @@ def _next_token(
     logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, gen: torch.Generator
 ) -> torch.Tensor:
     """The next token of each row from the last position's logits. (B, V) -> (B,)."""
-    scores = logits.float()
+    scores = upcast(logits)
     if greedy:
         return scores.argmax(-1)
     if not torch.isfinite(scores).all():

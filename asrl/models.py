@@ -27,6 +27,7 @@ from asrl import distributed
 from asrl.config import ConfigError, ModelConfig
 from asrl.fused_ce import linear_cross_entropy
 from asrl.fused_lora import fuse_lora
+from asrl.numerics import upcast
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,9 @@ def resolve_model_path(name: str) -> str:
     return name  # a hub id or a local directory
 
 
-def _tiny_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> torch.nn.Module:
+def _tiny_model(
+    name: str, tokenizer: PreTrainedTokenizerBase, seed: int, dtype: torch.dtype = torch.float32
+) -> torch.nn.Module:
     """A random-weight model (2 layers, width 64) with the embedded tokenizer, for tests."""
     from transformers import LlamaConfig, Qwen3Config
 
@@ -122,7 +125,7 @@ def _tiny_model(name: str, tokenizer: PreTrainedTokenizerBase, seed: int) -> tor
     extra = {"head_dim": 16} if cls is Qwen3Config else {}
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return AutoModelForCausalLM.from_config(cls(**common, **extra), dtype=torch.float32)
+        return AutoModelForCausalLM.from_config(cls(**common, **extra), dtype=dtype)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
@@ -181,8 +184,16 @@ def pick_autocast(requested: str, device: torch.device) -> torch.dtype | None:
     if device.type == "cpu":
         speedup = _cpu_bf16_speedup()
         log.info("bf16 matmul speed-up on this CPU: %.2fx", speedup)
-        return torch.bfloat16 if speedup > 1.3 else None
+        return cpu_autocast_for(speedup)
     return None
+
+
+CPU_BF16_MIN_SPEEDUP = 1.3  # below it fp32's exactness is worth more than bf16's speed
+
+
+def cpu_autocast_for(speedup: float) -> torch.dtype | None:
+    """What ``autocast: auto`` picks on a CPU whose bf16 matmul is ``speedup`` x faster."""
+    return torch.bfloat16 if speedup > CPU_BF16_MIN_SPEEDUP else None
 
 
 def _response_ce(
@@ -206,7 +217,7 @@ def _response_ce(
     head = causal_lm.get_output_embeddings()
     if isinstance(head, torch.nn.Linear) and head.bias is None and not head.weight.requires_grad:
         return linear_cross_entropy(hidden, head.weight, targets)
-    return torch.nn.functional.cross_entropy(head(hidden).float(), targets, reduction="none")
+    return torch.nn.functional.cross_entropy(upcast(head(hidden)), targets, reduction="none")
 
 
 @dataclass
@@ -290,14 +301,15 @@ def load_policy(cfg: ModelConfig | str, seed: int = 0) -> Policy:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
     tokenizer = load_tokenizer(cfg.name, cfg.trust_remote_code)
+    dtype = getattr(torch, cfg.dtype)
     if cfg.name in TINY_MODELS:
-        base = _tiny_model(cfg.name, tokenizer, seed)
+        base = _tiny_model(cfg.name, tokenizer, seed, dtype)
     else:
         path = resolve_model_path(cfg.name)
         try:
             base = AutoModelForCausalLM.from_pretrained(
                 path,
-                dtype=torch.float32,
+                dtype=dtype,
                 trust_remote_code=cfg.trust_remote_code,
                 use_safetensors=True,  # never unpickle weights
             )

@@ -26,6 +26,7 @@ def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
     out = tmp_path / "cmp"
     argv = ["compare", "-c", "configs/tiny.yaml", "--methods", "asrl,sft", "--seeds", "2"]
     argv += ["--jobs", "2", "-o", str(out), "--set", f"data.path={tmp_path / 'none.jsonl'}"]
+    argv += ["--set", "model.autocast=auto"]  # tiny.yaml pins none; compare resolves auto
     for o in FAST:
         argv += ["--set", o]
     assert main(argv) == 0

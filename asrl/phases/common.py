@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from asrl import distributed, interrupt, zero
+from asrl.numerics import upcast
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -21,7 +22,7 @@ def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """
     out = []
     for row_logits, row_targets in zip(logits, targets):  # (T, V), (T,)
-        lp = F.log_softmax(row_logits.float(), dim=-1)
+        lp = F.log_softmax(upcast(row_logits), dim=-1)
         out.append(lp.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1))
     return torch.stack(out)
 
@@ -194,6 +195,12 @@ def clip_and_step(
     optimizer.zero_grad(set_to_none=True)
     interrupt.check()
     return norm
+
+
+def finite_mean(values: Sequence[float]) -> float:
+    """The mean of the finite values (a skipped step's NaN left out); NaN if none is."""
+    good = [v for v in values if math.isfinite(v)]
+    return sum(good) / len(good) if good else float("nan")
 
 
 def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> float:

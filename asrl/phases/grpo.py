@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -24,6 +24,7 @@ from asrl.phases.common import (
     backward,
     clip_and_step,
     completion_logps,
+    finite_mean,
     set_lr,
     shared_prompt_logps,
 )
@@ -257,6 +258,7 @@ class UpdateStats:
     steps: int
     hook_metrics: dict[str, list[float]]
     advantages: torch.Tensor  # (N,), one per completion of the round
+    grad_norms: list[float] = field(default_factory=list)  # pre-clip, one per step
 
 
 def grpo_update(
@@ -322,7 +324,7 @@ def grpo_update(
 
     params = policy.trainable_parameters()
     policy.model.train()
-    losses, stats_acc, tokens = [], {"clip_ratio": 0.0, "kl": 0.0}, 0
+    losses, norms, stats_acc, tokens = [], [], {"clip_ratio": 0.0, "kl": 0.0}, 0
     n_mb = 0
     for k, step_idx in enumerate(steps):
         lr_frac = 1.0 - (1.0 - cfg.lr_final_ratio) * (k / max(len(steps) - 1, 1))
@@ -364,7 +366,7 @@ def grpo_update(
             for key, v in hooks.extra_backward(k).items():
                 hook_metrics.setdefault(key, []).append(v)
         step_loss = d.sum([step_loss])[0]
-        clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss)
+        norms.append(clip_and_step(params, optimizer, cfg.max_grad_norm, step_loss))
         losses.append(step_loss)
         if bar is not None:
             bar.update(1)
@@ -378,6 +380,7 @@ def grpo_update(
         len(steps),
         hook_metrics,
         adv,
+        norms,
     )
 
 
@@ -428,6 +431,7 @@ def run_grpo_phase(
     grouped = r.view(-1, cfg.num_generations)
     metrics = {
         "train/grpo_loss": sum(upd.losses) / max(len(upd.losses), 1),
+        "train/grpo_grad_norm": finite_mean(upd.grad_norms),  # pre-clip; skipped steps left out
         "train/reward_mean": float(r.mean()),
         "train/reward_std": float(r.std()) if r.numel() > 1 else 0.0,
         "train/frac_zero_std_groups": float((grouped.std(dim=1) < 1e-6).float().mean()),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import time
 from collections.abc import Callable
@@ -15,7 +14,14 @@ from asrl import distributed
 from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
 from asrl.models import Policy
-from asrl.phases.common import backward, clip_and_step, length_grouped_batches, set_lr
+from asrl.numerics import upcast
+from asrl.phases.common import (
+    backward,
+    clip_and_step,
+    finite_mean,
+    length_grouped_batches,
+    set_lr,
+)
 from asrl.types import Example, PhaseResult
 
 
@@ -28,7 +34,7 @@ def sft_loss(
     number of response tokens in the whole accumulation window (default: in this batch), so
     a window of micro-batches gives exactly the loss of one big batch (TRL's convention).
     """
-    shift_logits = logits[:, :-1].float()  # (B, T-1, V): position t predicts token t+1
+    shift_logits = upcast(logits[:, :-1])  # (B, T-1, V): position t predicts token t+1
     shift_labels = labels[:, 1:]  # (B, T-1)
     total = F.cross_entropy(
         shift_logits.reshape(-1, shift_logits.size(-1)),
@@ -130,11 +136,6 @@ def validation_loss(policy: Policy, data: list[Tokenized], batch_size: int = 16)
     return total / max(count, 1)
 
 
-def _finite_mean(values: list[float]) -> float:
-    good = [v for v in values if math.isfinite(v)]
-    return sum(good) / len(good) if good else float("nan")
-
-
 def run_sft_phase(
     policy: Policy,
     data: list[Tokenized],
@@ -177,8 +178,8 @@ def run_sft_phase(
     tokens = int(d.sum([tokens])[0])
     seconds = time.perf_counter() - start
     metrics = {
-        "train/sft_loss": _finite_mean(losses),
-        "train/sft_grad_norm": _finite_mean(norms),  # skipped (NaN) steps left out
+        "train/sft_loss": finite_mean(losses),
+        "train/sft_grad_norm": finite_mean(norms),  # skipped (NaN) steps left out
         "train/lr": cfg.lr,
         "perf/tokens_per_s": tokens / max(seconds, 1e-9),
     }
