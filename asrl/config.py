@@ -183,9 +183,37 @@ class GRPOConfig:
     beta: float = 0.0  # KL to the reference (base model, adapter disabled); 0 skips it
     kl_ratio_correction: bool = False  # KL_k3 * rho, as TRL's use_bias_correction_kl (beta > 0)
     scale_rewards: str = "group"  # group | batch | none
-    steps_per_round: int = 2  # optimizer steps over one round's completions
+    # A phase runs rounds_per_phase rounds; a round samples questions_per_epoch prompts x
+    # num_generations completions, then takes steps_per_round x num_iterations optimizer steps
+    # on them. steps_per_round: the round's completions are split into that many disjoint
+    # optimizer steps (TRL's steps_per_generation / gradient_accumulation_steps).
+    # num_iterations: passes over those same steps (TRL's num_iterations, the GRPO paper's mu),
+    # each ratio clipped against log-probs computed once when the round was sampled.
+    steps_per_round: int = 2
+    num_iterations: int = 1
+    # sample-and-update rounds per phase, each on fresh rollouts from the updated policy; the
+    # LR decays linearly (to lr * lr_final_ratio) across all the phase's steps. 1: one round.
+    rounds_per_phase: int = 1
     micro_batch_size: int = 8  # completions per forward/backward
     max_grad_norm: float = 1.0
+    # DAPO dynamic sampling: drop groups whose rewards are all equal (no advantage, no
+    # gradient) and sample more questions (up to max_resample_rounds extra rollouts per round)
+    # until the round holds questions_per_epoch informative groups. Off by default until a
+    # measurement shows it helps here; each extra rollout costs generation time.
+    filter_zero_std: bool = False
+    max_resample_rounds: int = 2
+    # TRL's mask_truncated_completions: completions that hit max_new_tokens without an
+    # end-of-turn token are left out of the loss (they still count in the group's rewards)
+    mask_truncated_completions: bool = False
+    # How a round's questions are drawn from the train split. uniform: at random. pass_rate:
+    # weighted by p (1 - p) + pass_rate_floor, p = the record's recent pass rate (an EMA over
+    # the rounds it was sampled in, of the fraction of its group with a correctness score, or
+    # the total reward without a correctness function, >= pass_threshold); a record never
+    # sampled counts as p = 0.5, so new data is explored first. Kept in checkpoints.
+    question_selection: str = "uniform"  # uniform | pass_rate
+    pass_threshold: float = 1.0
+    pass_rate_ema: float = 0.5  # weight of the newest round in the moving average
+    pass_rate_floor: float = 0.05  # weight of an always-solved / never-solved record
     # rollouts (prompt, completion, reward and its components, advantage) written to
     # OUTDIR/samples.jsonl and the trackers each GRPO phase: the first groups of the round
     samples_to_log: int = 6
@@ -467,6 +495,16 @@ def validate(cfg: Config) -> None:
     _require(g.epsilon > 0, "grpo.epsilon", "must be > 0")
     _require(g.beta >= 0, "grpo.beta", "must be >= 0")
     _require(g.steps_per_round >= 1, "grpo.steps_per_round", "must be >= 1")
+    _require(g.num_iterations >= 1, "grpo.num_iterations", "must be >= 1 (1: one pass)")
+    _require(g.rounds_per_phase >= 1, "grpo.rounds_per_phase", "must be >= 1")
+    _require(g.max_resample_rounds >= 0, "grpo.max_resample_rounds", "must be >= 0")
+    _require(
+        g.question_selection in ("uniform", "pass_rate"),
+        "grpo.question_selection",
+        f"'{g.question_selection}' is not one of uniform, pass_rate",
+    )
+    _require(0 < g.pass_rate_ema <= 1, "grpo.pass_rate_ema", "must be in (0, 1]")
+    _require(g.pass_rate_floor > 0, "grpo.pass_rate_floor", "must be > 0")
     _require(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     _require(g.max_new_tokens >= 1, "grpo.max_new_tokens", "must be >= 1")
     _require(0 <= g.lr_final_ratio <= 1, "grpo.lr_final_ratio", "must be in [0, 1]")

@@ -33,6 +33,7 @@ from asrl.interrupt import Interrupted, graceful_stop
 from asrl.interrupt import check as check_interrupt
 from asrl.models import Policy, load_policy
 from asrl.phases.common import StepGuard, TrainingDiverged, guarded_steps
+from asrl.phases.grpo import PassRates
 from asrl.phases.registry import PHASES, sft_grad_norm_probe
 from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
@@ -101,6 +102,7 @@ class Run:
     guard: StepGuard = field(default_factory=StepGuard)  # non-finite steps, across phases
     tokenized: TokenizedCache | None = None  # train examples tokenized once per run
     resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
+    pass_rates: PassRates = field(default_factory=PassRates)  # train records' GRPO pass rates
 
     def inject_data(self, epoch: int) -> None:
         """Experiment aid (``data.inject``): append synthetic records as a writer would."""
@@ -233,6 +235,7 @@ class Run:
             "ledger": self.ledger,
             "data_sizes": self.data_sizes,
             "schedule": self.schedule.state(),
+            "pass_rates": self.pass_rates.state(),
         }
         d = distributed.current()
         # sharded or ZeRO: every process takes part in gathering what the main one writes
@@ -377,6 +380,7 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         stopper.improved_this_epoch = state["stopper"].get("improved", False)
         run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
         run.schedule.restore(state.get("schedule", {}))
+        run.pass_rates.restore(state.get("pass_rates", {}))
         start_epoch, run.resume_phases = state["epoch"], state.get("phases_done", 0)
         where = f"epoch {start_epoch} complete" + (
             f", {run.resume_phases} phase(s) of epoch {start_epoch + 1} done"

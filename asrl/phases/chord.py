@@ -18,7 +18,7 @@ from asrl import distributed
 from asrl.config import GRPOConfig, ScheduleConfig
 from asrl.models import Policy
 from asrl.phases.common import backward
-from asrl.phases.grpo import GRPOHooks, run_grpo_phase
+from asrl.phases.grpo import GRPOHooks, PassRates, run_grpo_phase
 from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult
@@ -57,6 +57,7 @@ def run_chord_phase(
     max_length: int,
     system_prompt: str | None = None,
     desc: str = "chord",
+    pass_rates: PassRates | None = None,
 ) -> PhaseResult:
     """One GRPO round whose every optimizer step k uses mu = chord_mu(step0 + k, ...).
 
@@ -95,7 +96,7 @@ def run_chord_phase(
 
     hooks = GRPOHooks(loss_scale=lambda k: 1.0 - mu(k), extra_backward=sft_backward)
     result = run_grpo_phase(
-        policy, train, cfg, rewards, optimizer, rng, seed, system_prompt, desc, hooks
+        policy, train, cfg, rewards, optimizer, rng, seed, system_prompt, desc, hooks, pass_rates
     )
     result.phase = "chord"
     result.examples_seen += counts["examples"]

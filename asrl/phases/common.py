@@ -14,17 +14,31 @@ import torch.nn.functional as F
 from asrl import distributed, interrupt, zero
 from asrl.numerics import upcast
 
+# per-token log-probs, or (log-probs, entropies) when asked ``with_entropy``
+LogpsOut = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
+
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """log p(target) per position. logits (B, T, V), targets (B, T) -> (B, T), fp32.
 
     Computed row by row so the (B, T, V) fp32 log-softmax never exists all at once.
     """
-    out = []
+    return token_logps_entropy(logits, targets, entropy=False)[0]
+
+
+def token_logps_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, entropy: bool = True
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``token_logps`` and, from the same log-softmax, the entropy of each position's
+    distribution (nats, without gradient; None unless ``entropy``). -> (B, T), (B, T)."""
+    out, ents = [], []
     for row_logits, row_targets in zip(logits, targets):  # (T, V), (T,)
         lp = F.log_softmax(upcast(row_logits), dim=-1)
         out.append(lp.gather(-1, row_targets.unsqueeze(-1)).squeeze(-1))
-    return torch.stack(out)
+        if entropy:
+            with torch.no_grad():
+                ents.append(-(lp.exp() * lp).sum(-1))
+    return torch.stack(out), torch.stack(ents) if entropy else None
 
 
 def completion_logps(
@@ -33,11 +47,14 @@ def completion_logps(
     attention_mask: torch.Tensor,
     n_completion: int,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> LogpsOut:
     """Log-probs of the last ``n_completion`` tokens of each row. -> (B, n_completion).
 
     Logits are divided by the sampling temperature, as TRL does, so the ratio compares the
-    distribution the completions were actually sampled from.
+    distribution the completions were actually sampled from. ``with_entropy``: returns
+    (log-probs, entropies), the entropy of each position's tempered distribution computed
+    from the same log-softmax (no gradient), as TRL's ``entropy`` metric.
     """
     # logits_to_keep=C+1 returns the logits that predict the last C tokens (plus one extra).
     logits = model(
@@ -46,14 +63,17 @@ def completion_logps(
         logits_to_keep=n_completion + 1,
         use_cache=False,
     ).logits[:, :-1]  # (B, C, V)
-    return _tempered_logps(logits, input_ids[:, -n_completion:], temperature)
+    return _tempered_logps(logits, input_ids[:, -n_completion:], temperature, with_entropy)
 
 
 def _tempered_logps(
-    logits: torch.Tensor, targets: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """``token_logps`` of logits divided by the sampling temperature."""
-    return token_logps(logits / temperature if temperature != 1.0 else logits, targets)
+    logits: torch.Tensor, targets: torch.Tensor, temperature: float, with_entropy: bool = False
+) -> LogpsOut:
+    """``token_logps`` of logits divided by the sampling temperature (and the entropies)."""
+    scaled = logits / temperature if temperature != 1.0 else logits
+    if with_entropy:
+        return token_logps_entropy(scaled, targets)
+    return token_logps(scaled, targets)
 
 
 def shared_prompt_logps(
@@ -62,7 +82,8 @@ def shared_prompt_logps(
     attention_mask: torch.Tensor,
     n_completion: int,
     temperature: float = 1.0,
-) -> torch.Tensor:
+    with_entropy: bool = False,
+) -> LogpsOut:
     """``completion_logps`` with each distinct prompt run once (GRPO groups share one).
 
     Rows are left-padded prompts followed by right-padded completions. The distinct prompts
@@ -77,7 +98,7 @@ def shared_prompt_logps(
     distinct: dict[tuple[int, ...], int] = {}
     rows = [distinct.setdefault(tuple(r), len(distinct)) for r in prompt_ids.tolist()]
     if len(distinct) == len(rows):
-        return completion_logps(model, input_ids, attention_mask, C, temperature)
+        return completion_logps(model, input_ids, attention_mask, C, temperature, with_entropy)
     first = torch.tensor([rows.index(u) for u in range(len(distinct))], device=input_ids.device)
     select = torch.tensor(rows, device=input_ids.device)
     pos = (attention_mask.cumsum(-1) - 1).clamp(min=0)
@@ -101,7 +122,7 @@ def shared_prompt_logps(
             use_cache=True,
         ).logits  # (B, C - 1, V)
         logits = torch.cat([logits, rest], dim=1)
-    return _tempered_logps(logits, input_ids[:, P:], temperature)
+    return _tempered_logps(logits, input_ids[:, P:], temperature, with_entropy)
 
 
 class TrainingDiverged(RuntimeError):

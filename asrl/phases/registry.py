@@ -47,6 +47,7 @@ def grpo(run: Any, epoch: int, rng: random.Random, seed: int, desc: str) -> Phas
         seed,
         cfg.data.system_prompt,
         desc,
+        pass_rates=run.pass_rates,
     )
 
 
@@ -65,6 +66,7 @@ def chord(run: Any, epoch: int, rng: random.Random, seed: int, desc: str) -> Pha
         max_length=cfg.data.max_length,
         system_prompt=cfg.data.system_prompt,
         desc=desc,
+        pass_rates=run.pass_rates,
     )
 
 
@@ -83,6 +85,7 @@ def relift(run: Any, epoch: int, rng: random.Random, seed: int, desc: str) -> Ph
         cfg.data.max_length,
         cfg.data.system_prompt,
         desc,
+        pass_rates=run.pass_rates,
     )
 
 

@@ -20,7 +20,7 @@ from asrl import distributed
 from asrl.config import GRPOConfig, SFTConfig
 from asrl.models import Policy
 from asrl.phases.common import backward, clip_and_step, set_lr
-from asrl.phases.grpo import GRPOHooks, run_grpo_phase
+from asrl.phases.grpo import GRPOHooks, PassRates, run_grpo_phase
 from asrl.phases.sft import examples_loss
 from asrl.rewards import RewardSet
 from asrl.types import Example, PhaseResult, Rollout
@@ -80,6 +80,7 @@ def run_relift_phase(
     max_length: int,
     system_prompt: str | None = None,
     desc: str = "relift",
+    pass_rates: PassRates | None = None,
 ) -> PhaseResult:
     counts = {"examples": 0, "tokens": 0, "steps": 0}
 
@@ -119,6 +120,7 @@ def run_relift_phase(
         system_prompt,
         desc,
         GRPOHooks(after_round=after_round),
+        pass_rates,
     )
     result.phase = "relift"
     result.examples_seen += counts["examples"]
