@@ -62,6 +62,13 @@ class ModelConfig:
     trust_remote_code: bool = False
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # Start from existing LoRA weights instead of a fresh adapter: a run directory (its
+    # latest checkpoint, as `asrl export` picks it), one of its checkpoints/epoch-NNNN[.pK],
+    # or an exported adapter directory (adapter_config.json + adapter_model.safetensors).
+    # Only the weights are taken (optimizers start fresh: a new run, not a resume); rank,
+    # alpha, target modules and the base model must match. Read when a run starts; a
+    # --resume continues from the run's own checkpoints and never reads it again.
+    adapter: str | None = None
 
 
 @dataclass
@@ -299,6 +306,10 @@ class EvalConfig:
     max_new_tokens: int = 96
     batch_size: int = 32
     samples_to_log: int = 8  # greedy outputs written to OUTDIR/samples.jsonl after each eval
+    # The final evaluation on the test split (once, when a run ends; never used for early
+    # stopping): at most this many examples, chosen as for eval.max_examples. None: the
+    # same cap as eval.max_examples. It runs once, so it may afford more.
+    test_max_examples: int | None = None
 
 
 @dataclass
@@ -308,6 +319,12 @@ class ScheduleConfig:
     patience: int = 3  # epochs in a row with neither phase improving the metric
     early_stopping_metric: str = "eval/val_loss"
     early_stopping_mode: str = "min"  # min | max
+    # Wall-clock seconds of training after which the run ends at the next phase boundary
+    # (checkpoint, summary with stopped: time_budget, then the test eval). Training time is
+    # the epoch loop: data refreshes, phases, their evals and checkpoints; not the model
+    # load, the initial eval or the final test eval. Kept in checkpoints, so a resumed run
+    # goes on spending the same budget. 0: evaluate the starting model only. None: no limit.
+    time_budget_s: float | None = None
     # sequential: SFT for this many epochs, then GRPO only
     sft_epochs: int = 1
     # ares: GRPO for stage_epochs epochs, then SFT for stage_epochs epochs, repeat
@@ -535,8 +552,29 @@ def validate(cfg: Config) -> None:
         "format.sections",
         "a list of [open, close] tag pairs",
     )
-    _require(cfg.eval.split in ("val", "test"), "eval.split", "use val or test")
+    _require(
+        cfg.eval.split == "val",
+        "eval.split",
+        f"'{cfg.eval.split}': use val. The test split is held out for the one final "
+        "evaluation at the end of the run (summary.json 'test'); it never drives early "
+        "stopping or the choice of the best epoch",
+    )
     _require(cfg.eval.max_examples >= 1, "eval.max_examples", "must be >= 1")
+    _require(
+        cfg.eval.test_max_examples is None or cfg.eval.test_max_examples >= 1,
+        "eval.test_max_examples",
+        "must be >= 1 (or null: the same as eval.max_examples)",
+    )
+    _require(
+        cfg.schedule.time_budget_s is None or cfg.schedule.time_budget_s >= 0,
+        "schedule.time_budget_s",
+        "must be >= 0 seconds (0: evaluate only; null: no budget)",
+    )
+    _require(
+        cfg.model.adapter is None or bool(str(cfg.model.adapter).strip()),
+        "model.adapter",
+        "give a path (a run directory, a checkpoint or an exported adapter), or null",
+    )
     _require(cfg.schedule.epochs >= 1, "schedule.epochs", "must be >= 1")
     _require(cfg.schedule.patience >= 1, "schedule.patience", "must be >= 1")
     _require(

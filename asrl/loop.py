@@ -2,7 +2,9 @@
 
 Each epoch: refresh the data -> for each phase the schedule names (ASRL: SFT then GRPO):
 run it (a runner from asrl.phases.registry), evaluate on held-out data -> checkpoint ->
-early-stop check.
+early-stop check. ``schedule.time_budget_s`` ends the run at the first phase boundary past
+the budget. Every run that ends (all epochs, early stop, budget) then evaluates once on the
+test split, which nothing before has looked at.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +39,7 @@ from asrl.phases.grpo import PassRates
 from asrl.phases.registry import PHASES, sft_grad_norm_probe
 from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
+from asrl.start import check_compatible, load_adapter, resolve_adapter
 from asrl.trackers import make_trackers
 from asrl.tracking import MetricsLog, console, epoch_line, write_json
 from asrl.types import PhaseResult
@@ -103,6 +106,27 @@ class Run:
     tokenized: TokenizedCache | None = None  # train examples tokenized once per run
     resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
     pass_rates: PassRates = field(default_factory=PassRates)  # train records' GRPO pass rates
+    start_adapter: dict[str, Any] | None = None  # model.adapter's record (summary.json)
+    # training time (schedule.time_budget_s): seconds spent before this process (from the
+    # checkpoint resumed), plus this process's since start_clock()
+    train_s_before: float = 0.0
+    clock_start: float | None = None
+
+    def start_clock(self) -> None:
+        self.clock_start = time.perf_counter()
+
+    def elapsed_s(self) -> float:
+        """Training seconds so far: the epoch loops of this process and the ones it resumes."""
+        now = 0.0 if self.clock_start is None else time.perf_counter() - self.clock_start
+        return self.train_s_before + now
+
+    def over_budget(self, elapsed: float) -> bool:
+        """Whether ``elapsed`` has spent schedule.time_budget_s (the main process decides,
+        so every process stops at the same boundary)."""
+        budget = self.cfg.schedule.time_budget_s
+        if budget is None:  # the same config everywhere: nothing to agree on
+            return False
+        return distributed.current().broadcast(elapsed >= budget)
 
     def inject_data(self, epoch: int) -> None:
         """Experiment aid (``data.inject``): append synthetic records as a writer would."""
@@ -208,16 +232,48 @@ class Run:
         self.stopper.observe(m.get(cfg.schedule.early_stopping_metric))
         return rec
 
-    def checkpoint(self, epoch: int, phases_done: int | None = None) -> None:
+    def evaluate_test(self, epoch: int) -> dict[str, Any] | None:
+        """The one final evaluation, on the test split: the eval's metrics as ``test/...``
+        in a ``phase: test`` line. None (and a line with ``test/n: 0``) when it is empty."""
+        cfg = self.cfg
+        cap = cfg.eval.test_max_examples or cfg.eval.max_examples
+        m, samples = evaluate(
+            self.policy,
+            self.dataset.splits["test"],
+            cfg.format.spec(),
+            self.rewards,
+            replace(cfg.eval, max_examples=cap),
+            cfg.data.max_length,
+            cfg.data.system_prompt,
+        )
+        if not m:
+            console("test: the test split is empty, so there is no final test evaluation")
+            self.metrics.log(epoch, "test", {"test/n": 0})
+            return None
+        rec = {test_key(k): v for k, v in m.items()}
+        self.metrics.log_samples(epoch, "test", samples[: cfg.eval.samples_to_log])
+        return self.metrics.log(epoch, "test", rec)
+
+    def checkpoint(
+        self,
+        epoch: int,
+        phases_done: int | None = None,
+        elapsed_s: float | None = None,
+        force: bool = False,
+    ) -> None:
         """Save after a phase of ``epoch`` (``phases_done`` so far) or at its end (None).
 
         Names sort in time order: ``epoch-0002.p1`` (epoch 3, one phase done) comes after
-        ``epoch-0002`` and before ``epoch-0003``.
+        ``epoch-0002`` and before ``epoch-0003``. ``elapsed_s``: the training time to keep
+        (default: now). ``force``: write a phase checkpoint under ``every: epoch`` too (the
+        run stops there).
         """
         every = self.cfg.checkpoint.every
         if every == "none":
             return
-        if phases_done is not None and (every != "phase" or not self.schedule.resumable_mid_epoch):
+        if phases_done is not None and (
+            (every != "phase" and not force) or not self.schedule.resumable_mid_epoch
+        ):
             return
         complete = epoch if phases_done is None else epoch - 1
         name = f"epoch-{complete:04d}" + ("" if phases_done is None else f".p{phases_done}")
@@ -236,6 +292,8 @@ class Run:
             "data_sizes": self.data_sizes,
             "schedule": self.schedule.state(),
             "pass_rates": self.pass_rates.state(),
+            "elapsed_s": self.elapsed_s() if elapsed_s is None else elapsed_s,
+            "start_adapter": self.start_adapter,
         }
         d = distributed.current()
         # sharded or ZeRO: every process takes part in gathering what the main one writes
@@ -292,7 +350,23 @@ def ensure_dataset(cfg: Config) -> None:
     )
 
 
-def summarize(run: Run, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
+def test_key(key: str) -> str:
+    """An eval metric's name for the test split: ``eval/correctness`` -> ``test/correctness``
+    (``eval/val_loss`` -> ``test/val_loss``: the same loss, on test), ``time/eval_s`` ->
+    ``time/test_s``."""
+    if key == "time/eval_s":
+        return "time/test_s"
+    return "test/" + key.removeprefix("eval/")
+
+
+def summarize(
+    run: Run,
+    epochs_run: int,
+    stopped_early: bool,
+    stopped: str | None = None,
+    test: dict[str, Any] | None = None,
+    elapsed_s: float | None = None,
+) -> dict[str, Any]:
     evals = run.metrics.evals()
     fmt90 = next(
         (
@@ -316,6 +390,13 @@ def summarize(run: Run, epochs_run: int, stopped_early: bool) -> dict[str, Any]:
         "best": best,
         "compute": run.ledger,
         "data_sizes": run.data_sizes,
+        # how the run ended: null (all epochs), "early_stopping" or "time_budget"
+        "stopped": stopped,
+        "budget_s": run.cfg.schedule.time_budget_s,
+        "elapsed_s": run.elapsed_s() if elapsed_s is None else elapsed_s,
+        # the one evaluation on the test split (null when that split is empty)
+        "test": None if test is None else {**test, "n": int(test.get("test/n", 0))},
+        "start_adapter": run.start_adapter,
     }
 
 
@@ -323,6 +404,11 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     """Set up the run (model, data, optimizers); returns it and the last completed epoch."""
     d = distributed.current()
     out = prepare_output(cfg, resume)
+    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
+    start = None
+    if cfg.model.adapter and ckpt is None:  # a resumed run continues from its own checkpoint
+        start = resolve_adapter(cfg.model.adapter)  # small files only: fails before the model
+        check_compatible(start, cfg.model, cfg.seed)
     d.barrier()  # every process has checked the directory before the main one writes to it
     if d.is_main:
         ensure_dataset(cfg)
@@ -334,6 +420,9 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     # fails in seconds
     rewards = RewardSet.from_config(cfg.reward, fmt)
     policy = load_policy(cfg.model, seed=cfg.seed)
+    if start is not None:
+        load_adapter(policy, start)  # weights only: the optimizers below start fresh
+        console(f"model.adapter: starting from {start.weights_dir} ({start.kind})")
     source = open_source(cfg.data.path, cfg.data, fmt)
     quarantine = out / "quarantine.jsonl" if d.is_main else None
     dataset = LiveDataset([source], cfg.data.split, quarantine=quarantine)
@@ -368,8 +457,8 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         guard=StepGuard(cfg.train.max_bad_steps_in_row),
         tokenized=TokenizedCache(policy.tokenizer, cfg.data.max_length, cfg.data.system_prompt),
     )
+    run.start_adapter = start.record() if start is not None else None
     start_epoch = 0
-    ckpt = latest_checkpoint(out / "checkpoints") if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, policy, optimizers)
         source.restore_until(state["data"]["cursors"][source.name])
@@ -381,6 +470,8 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
         run.ledger, run.data_sizes = state["ledger"], state["data_sizes"]
         run.schedule.restore(state.get("schedule", {}))
         run.pass_rates.restore(state.get("pass_rates", {}))
+        run.train_s_before = float(state.get("elapsed_s", 0.0))
+        run.start_adapter = state.get("start_adapter")
         start_epoch, run.resume_phases = state["epoch"], state.get("phases_done", 0)
         where = f"epoch {start_epoch} complete" + (
             f", {run.resume_phases} phase(s) of epoch {start_epoch + 1} done"
@@ -448,8 +539,17 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         )
         e0 = run.evaluate(0, "init")
         console(epoch_line(0, [e0], data, e0.get("time/eval_s", 0.0)))
-    epoch, stopped = start_epoch, False
-    for epoch in range(start_epoch + 1, cfg.schedule.epochs + 1):
+    run.start_clock()  # training time (schedule.time_budget_s) counts from here
+    budget = cfg.schedule.time_budget_s
+    reached = start_epoch + (1 if run.resume_phases else 0)  # the last epoch a phase ran in
+    stopped: str | None = None  # None (every epoch ran), "early_stopping", "time_budget"
+    spent = run.elapsed_s()
+    epochs = range(start_epoch + 1, cfg.schedule.epochs + 1)
+    # the budget is checked where a phase ends; a run that starts with it spent (a budget
+    # of 0: evaluate only) or is resumed once it was spent stops before any phase
+    if run.over_budget(run.train_s_before):
+        stopped, epochs = "time_budget", range(0)
+    for epoch in epochs:
         check_interrupt()
         t0 = time.perf_counter()
         skip, run.resume_phases = run.resume_phases, 0
@@ -463,25 +563,54 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         for i, phase in enumerate(names):
             if i < skip:
                 continue
+            reached = epoch
             schedule.observe(phase, run.run_phase(phase, epoch))
             evals.append(run.evaluate(epoch, after=phase))
             if i + 1 != last:  # the epoch-end checkpoint follows the last phase
-                run.checkpoint(epoch, phases_done=i + 1)
-        stopped = run.stopper.end_epoch()
-        run.checkpoint(epoch)
+                spent = run.elapsed_s()
+                # a budget stop needs a checkpoint to resume from: mid-epoch only where the
+                # schedule can resume mid-epoch (the adaptive one stops at epoch ends)
+                over = schedule.resumable_mid_epoch and run.over_budget(spent)
+                run.checkpoint(epoch, phases_done=i + 1, elapsed_s=spent, force=over)
+                if over:
+                    stopped = "time_budget"
+                    break
+        if stopped is None:
+            end_early = run.stopper.end_epoch()
+            spent = run.elapsed_s()
+            run.checkpoint(epoch, elapsed_s=spent)
+            if end_early:
+                stopped = "early_stopping"
+            elif run.over_budget(spent):
+                stopped = "time_budget"
         console(epoch_line(epoch, evals, data, time.perf_counter() - t0))
-        if stopped:
+        if stopped == "early_stopping":
             console(
                 f"early stop: no improvement in {cfg.schedule.early_stopping_metric} for "
                 f"{cfg.schedule.patience} epochs"
             )
+        if stopped is not None:
             break
-    summary = summarize(run, epoch, stopped)
+    if stopped == "time_budget":
+        console(
+            f"time budget: {spent:.1f}s of training spent (schedule.time_budget_s={budget}); "
+            f"stopped at a phase boundary of epoch {reached}"
+        )
+    test = run.evaluate_test(reached)  # once, after everything that chose or stopped
+    summary = summarize(run, reached, stopped == "early_stopping", stopped, test, spent)
     if distributed.current().is_main:
         write_json(run.out / "summary.json", summary)
     final = summary["final"] or {}
+    tested = (
+        f"test (n={summary['test']['n']}): format accuracy "
+        f"{test.get('test/format_accuracy')}, correctness {test.get('test/correctness')}"
+        if test is not None
+        else "test: none (empty test split)"
+    )
     console(
         f"done: format accuracy {final.get('eval/format_accuracy')}, correctness "
-        f"{final.get('eval/correctness')}; summary in {run.out / 'summary.json'}"
+        f"{final.get('eval/correctness')}; {tested}"
+        + (f"; stopped: {stopped}" if stopped else "")
+        + f"; summary in {run.out / 'summary.json'}"
     )
     return summary

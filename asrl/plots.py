@@ -144,8 +144,8 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     evals = [r for r in records if r["phase"] == "eval"]
     by_phase = {p: [r for r in records if r["phase"] == p] for p in ("sft", "grpo", "data")}
-    # phases other than eval/data (e.g. chord's blended phase) also log train losses
-    train = [r for r in records if r["phase"] not in ("eval", "data")]
+    # phases other than eval/data/test (e.g. chord's blended phase) also log train losses
+    train = [r for r in records if r["phase"] not in ("eval", "data", "test")]
     max_epoch = max((r["epoch"] for r in records), default=0)
 
     fig, axes = plt.subplots(2, 4, figsize=(17, 7.5), constrained_layout=True)

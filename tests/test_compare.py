@@ -45,12 +45,17 @@ def test_compare_writes_report_results_curves_and_resumes(tmp_path, capsys):
     assert "| asrl |" in report and "| sft |" in report and "asrl compare" in report
     assert "## Format accuracy per epoch" in report and "## Correctness per epoch" in report
     assert "| epoch 0 | epoch 1 | epoch 2 |" in report
+    assert "## Test split (evaluated once, at the end of each run)" in report
+    assert "Time budget" not in report  # none was set
     results = json.loads((out / "results.json").read_text())["methods"]
     assert set(results) == {"asrl", "sft"}
     for r in results.values():
         assert set(r["p_vs_asrl"]) == {"format_accuracy", "correctness"}
         assert [p["epoch"] for p in r["per_epoch"]["format_accuracy"]] == [0, 1, 2]
         assert r["compute"]["tokens_trained"]["mean"] > 0
+        assert r["test"]["correctness"]["n"] == 2 and r["test"]["n_examples"] == [2, 2]
+        assert set(r["test"]["p_vs_asrl"]) == {"format_accuracy", "correctness"}
+        assert r["stopped_by_time_budget"] == {"stopped": 0, "of": 2}
     assert results["sft"]["compute"]["tokens_generated"]["mean"] == 0  # sft only evaluates
     png = (out / "curves.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 10_000
@@ -95,7 +100,35 @@ def test_sigterm_to_compare_stops_its_runs_and_a_rerun_resumes(tmp_path):
         assert summary["epochs_run"] == 6
 
 
-def _fake_run(tmp_path, method, seed, fmt, cor):
+def test_compare_time_budget_reaches_every_run_and_the_report(tmp_path, capsys):
+    """--time-budget: each run (2 methods x 1 seed, real trainings) gets the same budget,
+    stops at the first phase boundary past it, and the report says so."""
+    out = tmp_path / "cmp"
+    argv = ["compare", "-c", "configs/tiny.yaml", "--methods", "asrl,sft", "--seeds", "1"]
+    argv += ["-o", str(out), "--time-budget", "0.000001"]
+    argv += ["--set", f"data.path={tmp_path / 'none.jsonl'}", "--jobs", "2"]
+    for o in [*FAST, "schedule.epochs=3"]:
+        argv += ["--set", o]
+    assert main(argv) == 0
+    for method in ("asrl", "sft"):
+        rdir = out / "runs" / f"{method}-s0"
+        assert json.loads((rdir / "config.json").read_text())["schedule"]["time_budget_s"] == 1e-6
+        s = json.loads((rdir / "summary.json").read_text())
+        assert s["stopped"] == "time_budget" and s["budget_s"] == 1e-6
+        assert s["epochs_run"] == 1 < 3 and s["test"]["n"] >= 1
+    report = (out / "report.md").read_text()
+    assert "Time budget: 1e-06 s of training per run" in report
+    assert "Runs it stopped: asrl 1/1, sft 1/1." in report
+    assert "## Test split" in report
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["time_budget_s"] == 1e-6
+    assert "schedule.time_budget_s=1.0e-06" in doc["overrides"]
+    for r in doc["methods"].values():
+        assert r["stopped_by_time_budget"] == {"stopped": 1, "of": 1}
+        assert r["test"]["correctness"]["n"] == 1
+
+
+def _fake_run(tmp_path, method, seed, fmt, cor, test_cor=None):
     d = tmp_path / f"{method}-{seed}"
     d.mkdir()
     lines = [
@@ -106,16 +139,18 @@ def _fake_run(tmp_path, method, seed, fmt, cor):
     (d / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
     final = {"eval/format_accuracy": fmt, "eval/correctness": cor}
     summary = {"final": final, "epochs_to_format_90": 1 if fmt >= 0.9 else None, "compute": {}}
+    if test_cor is not None:
+        summary["test"] = {"test/format_accuracy": fmt, "test/correctness": test_cor, "n": 9}
     (d / "summary.json").write_text(json.dumps(summary))
     return {"method": method, "seed": seed, "dir": str(d)}
 
 
 def test_results_statistics(tmp_path):
     runs = [
-        _fake_run(tmp_path, "asrl", 0, 0.9, 0.5),
-        _fake_run(tmp_path, "asrl", 1, 1.0, 0.7),
-        _fake_run(tmp_path, "sft", 0, 0.5, 0.1),
-        _fake_run(tmp_path, "sft", 1, 0.7, 0.1),
+        _fake_run(tmp_path, "asrl", 0, 0.9, 0.5, test_cor=0.4),
+        _fake_run(tmp_path, "asrl", 1, 1.0, 0.7, test_cor=0.6),
+        _fake_run(tmp_path, "sft", 0, 0.5, 0.1, test_cor=0.1),
+        _fake_run(tmp_path, "sft", 1, 0.7, 0.1, test_cor=0.3),
     ]
     res = build_results(runs)
     # the last eval of each epoch counts: epoch 1 format = mean(0.9, 1.0) = 0.95, std 0.05
@@ -129,6 +164,15 @@ def test_results_statistics(tmp_path):
     assert 0.05 < p < 0.25 and math.isclose(p, welch_p([0.5, 0.7], [0.9, 1.0]))
     assert math.isnan(res["asrl"]["p_vs_asrl"]["format_accuracy"])
     assert math.isnan(welch_p([0.5], [0.9, 1.0]))
+    # the test split, from summary.json "test": mean ± std and Welch's p vs asrl likewise
+    t = res["asrl"]["test"]
+    assert math.isclose(t["correctness"]["mean"], 0.5) and math.isclose(
+        t["correctness"]["std"], 0.1
+    )
+    p = res["sft"]["test"]["p_vs_asrl"]["correctness"]
+    assert math.isclose(p, welch_p([0.1, 0.3], [0.4, 0.6])) and 0 < p < 1
+    assert math.isnan(res["asrl"]["test"]["p_vs_asrl"]["correctness"])
+    assert res["sft"]["test"]["n_examples"] == [9, 9]
 
 
 def test_compare_reads_a_generator_source_as_configured(tmp_path, capsys):

@@ -134,4 +134,4 @@ def test_sigterm_stops_cleanly_and_resume_completes(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads((out / "summary.json").read_text())["epochs_run"] == 4
     keys = [key(r) for r in lines(out)]
-    assert len(keys) == len(set(keys)) and keys[-1] == (4, "eval", "grpo")
+    assert len(keys) == len(set(keys)) and keys[-2:] == [(4, "eval", "grpo"), (4, "test", None)]

@@ -122,7 +122,9 @@ def test_two_process_asrl_run_gathers_rollouts_and_writes_once(tmp_path):
     lines = _lines(out)
     phases = [(r["epoch"], r["phase"]) for r in lines]
     epoch = ["data", "sft", "eval", "grpo", "eval"]
-    assert phases == [(0, "data"), (0, "eval")] + [(e, p) for e in (1, 2) for p in epoch]
+    assert phases == [(0, "data"), (0, "eval")] + [(e, p) for e in (1, 2) for p in epoch] + [
+        (2, "test")
+    ]
     grpo = [r for r in lines if r["phase"] == "grpo"]
     # 2 questions x 3 generations, sampled half by each process, gathered for the update
     assert all(r["compute/tokens_generated"] > 0 for r in grpo)

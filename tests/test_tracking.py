@@ -64,7 +64,7 @@ def test_event_files_mirror_metrics_jsonl(run_a):
     out = run_a / "out"
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     lines, ea = assert_events_mirror(out)
-    assert len(lines) == 12  # (0 data, 0 eval) + 2 x (data, sft, eval, grpo, eval)
+    assert len(lines) == 13  # (0 data, 0 eval) + 2 x (data, sft, eval, grpo, eval) + test
     assert {"eval/format_accuracy", "train/sft_loss", "train/reward/format", "epoch"} <= set(
         ea.Tags()["scalars"]
     )

@@ -1,6 +1,7 @@
 """End to end on a tiny random Llama/Qwen3: seconds on CPU, real model code, real files."""
 
 import json
+import math
 import subprocess
 import sys
 
@@ -33,8 +34,9 @@ def test_asrl_run_writes_contract_and_trains_lora(tmp_path, arch):
     lines = read_metrics(out)
     for rec in lines:
         assert isinstance(rec["epoch"], int) and isinstance(rec["time"], float)
-        assert rec["phase"] in {"data", "sft", "grpo", "eval"}
-    # per epoch: data, sft, eval(after sft), grpo, eval(after grpo); epoch 0: data + init eval
+        assert rec["phase"] in {"data", "sft", "grpo", "eval", "test"}
+    # per epoch: data, sft, eval(after sft), grpo, eval(after grpo); epoch 0: data + init
+    # eval; at the end, once, the test split
     assert [(r["epoch"], r["phase"]) for r in lines] == [
         (0, "data"),
         (0, "eval"),
@@ -48,6 +50,7 @@ def test_asrl_run_writes_contract_and_trains_lora(tmp_path, arch):
         (2, "eval"),
         (2, "grpo"),
         (2, "eval"),
+        (2, "test"),
     ]
     evals = [r for r in lines if r["phase"] == "eval"]
     assert all(r.keys() >= CONTRACT_EVAL for r in evals)
@@ -62,6 +65,12 @@ def test_asrl_run_writes_contract_and_trains_lora(tmp_path, arch):
     assert on_disk["method"] == "asrl" and on_disk["seed"] == 0 and on_disk["epochs_run"] == 2
     assert {"epochs_to_format_90", "final", "best"} <= on_disk.keys()
     assert on_disk["final"]["epoch"] == 2 and summary["epochs_run"] == 2
+    assert on_disk["stopped"] is None and on_disk["budget_s"] is None
+    assert on_disk["elapsed_s"] > 0 and on_disk["start_adapter"] is None
+    test = on_disk["test"]
+    assert test == {**lines[-1], "n": int(lines[-1]["test/n"])} and test["n"] >= 1
+    assert {"test/format_accuracy", "test/correctness", "test/val_loss"} <= test.keys()
+    assert not any(k.startswith("eval/") for k in test)
 
     # LoRA B matrices start at zero (PEFT init): after training they must not be
     weights = load_file(out / "checkpoints" / "epoch-0002" / "adapter_model.safetensors")
@@ -77,8 +86,12 @@ def test_resume_continues_where_it_stopped(tmp_path):
     train(tiny(tmp_path, "schedule.epochs=1"))
     summary = train(tiny(tmp_path, "schedule.epochs=2"), resume=True)
     assert summary["epochs_run"] == 2
-    epochs = [r["epoch"] for r in read_metrics(tmp_path / "out") if r["phase"] == "sft"]
+    lines = read_metrics(tmp_path / "out")
+    epochs = [r["epoch"] for r in lines if r["phase"] == "sft"]
     assert epochs == [1, 2]  # epoch 1 not redone, epoch 2 added
+    # the first run's test line went with what came after its checkpoint: one test, at the end
+    assert [(r["epoch"], r["phase"]) for r in lines if r["phase"] == "test"] == [(2, "test")]
+    assert lines[-1]["phase"] == "test" and summary["test"]["epoch"] == 2
 
 
 def test_refuses_to_overwrite_a_run(tmp_path):
@@ -157,7 +170,15 @@ def test_resume_mid_epoch_from_a_phase_checkpoint_equals_uninterrupted(tmp_path,
             for r in records
         ]
 
-    assert strip(read_metrics(b / "out")) == strip(read_metrics(a / "out"))
+    got, want = strip(read_metrics(b / "out")), strip(read_metrics(a / "out"))
+    assert got[:-1] == want[:-1]
+    # the final test line: the same keys and counts, its losses equal to float rounding.
+    # Generation merges LoRA into the base weights and unmerges it, which moves them by an
+    # ulp here and there; A's base has been through more of those cycles than B's, which
+    # was loaded afresh at the resume (a few ulps of val_loss at 10.6)
+    assert got[-1]["phase"] == want[-1]["phase"] == "test" and got[-1].keys() == want[-1].keys()
+    for k, v in want[-1].items():
+        assert v == got[-1][k] or math.isclose(v, got[-1][k], rel_tol=1e-6), k
     last = f"epoch-{epochs:04d}"
     wa = load_file(a / "out" / "checkpoints" / last / "adapter_model.safetensors")
     wb = load_file(b / "out" / "checkpoints" / last / "adapter_model.safetensors")

@@ -9,6 +9,7 @@ started afresh. Then results.json, report.md and curves.png (asrl.experiments.re
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shlex
 import shutil
@@ -180,6 +181,18 @@ def run_all(args: argparse.Namespace, overrides: list[str]) -> list[dict]:
     return runs
 
 
+def yaml_float(x: float) -> str:
+    """``x`` written so that YAML 1.1 (PyYAML, which reads ``--set`` values) reads it back as
+    the same float: ``1e-06`` would be a string there, ``1.0e-06`` is a float."""
+    if math.isinf(x):
+        return ".inf" if x > 0 else "-.inf"
+    text = repr(float(x))
+    mantissa, e, exponent = text.partition("e")
+    if e and "." not in mantissa:
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
 def _one_precision(model: ModelConfig) -> list[str]:
     """``model.autocast=auto`` resolved once here, so every run trains in the same precision.
 
@@ -214,7 +227,18 @@ def _compare(args: argparse.Namespace) -> int:
             f"data.inject.count={args.inject_count}",
             f"data.inject.mix={args.inject_mix}",
         ]
+    if args.time_budget is not None:
+        if not args.time_budget >= 0:
+            raise ConfigError(f"--time-budget: must be >= 0 seconds, got {args.time_budget}")
+        overrides.append(f"schedule.time_budget_s={yaml_float(args.time_budget)}")
     cfg = load_config(args.config, overrides)  # fail fast on a bad config or override
+    args.time_budget_s = cfg.schedule.time_budget_s  # the budget every run has (report.md)
+    if cfg.model.adapter:  # every run starts from it: check it once, before any starts
+        from asrl.start import check_compatible, resolve_adapter
+
+        start = resolve_adapter(cfg.model.adapter)
+        for seed in range(args.seeds):
+            check_compatible(start, cfg.model, seed)
     overrides += _one_precision(cfg.model)
     from asrl.interrupt import Interrupted
 
@@ -245,6 +269,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1,
         help="runs at a time; each gets cores/jobs threads (on 2 cores, 2 single-thread "
         "runs finish a compare sooner than 1 two-thread run)",
+    )
+    c.add_argument(
+        "--time-budget",
+        type=float,
+        metavar="SECONDS",
+        help="the same training-time budget for every run (schedule.time_budget_s): each "
+        "stops at the first phase boundary past it, then evaluates on the test split",
     )
     c.add_argument("--inject-at", type=int, default=0, help="epoch at which new data arrives")
     c.add_argument("--inject-mix", default="percent", help="synthetic mix of the new data")

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 FMT, COR, NEW = "eval/format_accuracy", "eval/correctness", "eval/correctness/new_pattern"
+TEST_FMT, TEST_COR = "test/format_accuracy", "test/correctness"  # summary.json "test"
 COMPUTE = ("tokens_trained", "tokens_generated", "seconds")
 
 
@@ -85,6 +86,16 @@ def summarize_method(runs: list[dict], inject_at: int) -> dict[str, Any]:
             k: _stats([((s or {}).get("compute") or {}).get(k) for s in summaries]) for k in COMPUTE
         },
     }
+    tests = [(s or {}).get("test") or {} for s in summaries]
+    res["test"] = {
+        "format_accuracy": _stats([t.get(TEST_FMT) for t in tests]),
+        "correctness": _stats([t.get(TEST_COR) for t in tests]),
+        "values": {k.split("/")[-1]: [t.get(k) for t in tests if t] for k in (TEST_FMT, TEST_COR)},
+        "n_examples": [t.get("n") for t in tests if t],  # test examples per run
+    }
+    stops = [s.get("stopped") for s in summaries if s]
+    res["stopped_by_time_budget"] = {"stopped": stops.count("time_budget"), "of": len(runs)}
+    res["elapsed_s"] = _stats([(s or {}).get("elapsed_s") for s in summaries])
     if inject_at:
         hits = [_first_epoch(c, NEW, 0.8, inject_at) for c in curves]
         got = [h - inject_at for h in hits if h is not None]
@@ -107,6 +118,14 @@ def build_results(runs: list[dict], inject_at: int = 0) -> dict[str, Any]:
         res["p_vs_asrl"] = {
             key: (
                 welch_p(res["final_values"][key], base["final_values"][key])
+                if base is not None and m != "asrl"
+                else float("nan")
+            )
+            for key in ("format_accuracy", "correctness")
+        }
+        res["test"]["p_vs_asrl"] = {
+            key: (
+                welch_p(res["test"]["values"][key], base["test"]["values"][key])
                 if base is not None and m != "asrl"
                 else float("nan")
             )
@@ -139,6 +158,18 @@ def render_report(
     ]
     if args.preset:
         lines.append(f"Preset `{args.preset}` (shrinks data and epochs with the overrides above).")
+    budget = getattr(args, "time_budget_s", None)
+    if budget is not None:
+        stopped = ", ".join(
+            f"{m} {r['stopped_by_time_budget']['stopped']}/{r['stopped_by_time_budget']['of']}"
+            for m, r in results.items()
+        )
+        lines += [
+            "",
+            f"Time budget: {budget:g} s of training per run (`schedule.time_budget_s`: the "
+            "epoch loop, not the model load or the initial and test evals; each run stops at "
+            f"the first phase boundary past it). Runs it stopped: {stopped}.",
+        ]
     lines += [
         "",
         "Final = last held-out eval of each run; mean ± std over seeds (%). p = Welch's t-test "
@@ -158,6 +189,7 @@ def render_report(
             f"| {_p(r['p_vs_asrl']['correctness'])} | {_pm(c['tokens_trained'], False)} "
             f"| {_pm(c['tokens_generated'], False)} | {_pm(c['seconds'], False)} |"
         )
+    lines += _test_table(results)
     for key, title in (("format_accuracy", "Format accuracy"), ("correctness", "Correctness")):
         lines += _per_epoch_table(results, key, title)
     if args.inject_at:
@@ -179,6 +211,30 @@ def render_report(
         lines += ["", f"Failed runs (seeds): {failed}"]
     lines += ["", "![curves](curves.png)", ""]
     return "\n".join(lines)
+
+
+def _test_table(results: dict[str, Any]) -> list[str]:
+    """The test split, evaluated once when each run ended (never used to stop or select)."""
+    lines = [
+        "",
+        "## Test split (evaluated once, at the end of each run)",
+        "",
+        "Held out from everything else: no early stopping or choice of epoch looked at it. "
+        "Mean ± std over seeds (%); p = Welch's t-test vs asrl on the per-seed test values.",
+        "",
+        "| method | test format acc | test correctness | p fmt vs asrl | p corr vs asrl "
+        "| test examples per run |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m, r in results.items():
+        t = r["test"]
+        n = sorted({x for x in t["n_examples"] if x is not None})
+        lines.append(
+            f"| {m} | {_pm(t['format_accuracy'])} | {_pm(t['correctness'])} "
+            f"| {_p(t['p_vs_asrl']['format_accuracy'])} | {_p(t['p_vs_asrl']['correctness'])} "
+            f"| {', '.join(map(str, n)) or '–'} |"
+        )
+    return lines
 
 
 def _per_epoch_table(results: dict[str, Any], key: str, title: str) -> list[str]:
@@ -204,7 +260,12 @@ def write_outputs(
     from asrl.experiments.plots import plot_curves
 
     results = build_results(runs, args.inject_at)
-    doc = {"command": command, "overrides": overrides, "methods": results}
+    doc = {
+        "command": command,
+        "overrides": overrides,
+        "time_budget_s": getattr(args, "time_budget_s", None),
+        "methods": results,
+    }
     (out / "results.json").write_text(json.dumps(doc, indent=2))
     (out / "report.md").write_text(render_report(results, command, overrides, args))
     plot_curves(results, out / "curves.png")
