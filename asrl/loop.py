@@ -54,6 +54,11 @@ def derived_seed(*parts: Any) -> int:
     return random.Random(":".join(map(str, parts))).getrandbits(31)
 
 
+class NoTrainingData(ConfigError):
+    """A phase would have nothing to train on (no usable train record, or every one longer
+    than data.max_length): the run stops before the model works, saying what to change."""
+
+
 @dataclass
 class EarlyStopping:
     """Stop after ``patience`` epochs in a row where no eval (after either phase) improved."""
@@ -139,7 +144,33 @@ class Run:
         self.data_sizes.append({"epoch": epoch, **sizes})
         if res.rejected:
             console(f"data: {res.rejected} bad record(s) quarantined in {self.dataset.quarantine}")
+        self.check_trainable()  # before anything is logged: a fixed rerun needs no --resume
         return self.metrics.log(epoch, "data", rec)
+
+    def check_trainable(self) -> None:
+        """Raise :class:`NoTrainingData` when the phases would train on nothing.
+
+        The train split only grows, so a run that passes once passes at every later epoch.
+        """
+        cfg, train = self.cfg, self.dataset.train
+        if not train:
+            bad = self.dataset.rejected_total
+            where = f", see {self.dataset.quarantine}" if bad and self.dataset.quarantine else ""
+            raise NoTrainingData(
+                f"data.path: no train examples in {cfg.data.path} ({len(self.dataset)} usable "
+                f"record(s) in val/test, {bad} bad record(s) quarantined{where}); add records "
+                "(asrl data add / asrl data generate) or point data.path at a dataset"
+            )
+        if self.schedule.runs_sft and self.tokenized is not None:
+            kept, dropped = self.tokenized(train)
+            if not kept:
+                shortest = min(self.tokenized.length(i) for i in dropped)
+                raise NoTrainingData(
+                    f"data.max_length: all {len(dropped)} train example(s) are longer than "
+                    f"{cfg.data.max_length} tokens (prompt + response in the chat template; the "
+                    f"shortest has {shortest}), so SFT has nothing to train on; raise "
+                    f"data.max_length to at least {shortest}, or use shorter records"
+                )
 
     def run_phase(self, phase: str, epoch: int) -> PhaseResult:
         if phase not in PHASES:
