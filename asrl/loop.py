@@ -37,7 +37,7 @@ from asrl.phases.registry import PHASES, sft_grad_norm_probe
 from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
 from asrl.trackers import make_trackers
-from asrl.tracking import MetricsLog, console, epoch_line, write_json
+from asrl.tracking import MetricsLog, console, epoch_line, pct, write_json
 from asrl.types import PhaseResult
 
 log = logging.getLogger(__name__)
@@ -508,7 +508,7 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         write_json(run.out / "summary.json", summary)
     final = summary["final"] or {}
     console(
-        f"done: format accuracy {final.get('eval/format_accuracy')}, correctness "
-        f"{final.get('eval/correctness')}; summary in {run.out / 'summary.json'}"
+        f"done: format {pct(final.get('eval/format_accuracy'))}, correct "
+        f"{pct(final.get('eval/correctness'))}; summary in {run.out / 'summary.json'}"
     )
     return summary
