@@ -7,7 +7,7 @@ import logging
 import shlex
 import sys
 
-from asrl import export, plots
+from asrl import export, plots, quiet
 from asrl.config import ConfigError, load_config
 from asrl.data import commands as data_commands
 from asrl.experiments import compare
@@ -49,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="asrl", description="Alternating SFT and GRPO for small language models."
     )
+    verbose_help = "show the libraries' own notices, warnings and progress bars too"
+    parser.add_argument("-v", "--verbose", action="store_true", help=verbose_help)
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train", help="train a model (ASRL or a baseline schedule)")
+    # also after the command (asrl train -v ...); SUPPRESS keeps a top-level -v
+    t.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                   help=verbose_help)  # fmt: skip
     t.add_argument("-c", "--config", required=True, help="YAML config (see configs/)")
     t.add_argument("-o", "--output", help="output directory (overrides output_dir)")
     t.add_argument(
@@ -69,8 +74,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
+    level = logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    quiet.verbose(args.verbose)
     try:
         return args.func(args)
     except ConfigError as e:

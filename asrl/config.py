@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import re
 import string
 import types
 import typing
@@ -20,10 +21,29 @@ from typing import Any
 import yaml
 
 from asrl.data.format import ThinkingFormat
+from asrl.data.records import MAX_LINE_BYTES
 
 
 class ConfigError(ValueError):
     """A configuration problem a user can fix; the message names the key."""
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as users write it: ``1e-5``, ``5E-6``, ``1.0e5`` are floats (YAML 1.2), where
+    PyYAML's YAML 1.1 rules need a dot and a signed exponent (``1.0e-5``) and read the
+    others as strings."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def yaml_load(text: str) -> Any:
+    """``yaml.safe_load`` with YAML 1.2 floats (see :class:`_Loader`)."""
+    return yaml.load(text, Loader=_Loader)  # a SafeLoader: no arbitrary objects
 
 
 @dataclass
@@ -155,6 +175,9 @@ class DataConfig:
     path: str = "data/train.jsonl"
     split: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])  # train / val / test
     max_length: int = 512  # tokens (prompt + response); longer examples are dropped, reported
+    # bytes of one JSONL line (1 MiB): a longer line is skipped while reading, never held in
+    # memory whole, and quarantined with its length
+    max_line_bytes: int = MAX_LINE_BYTES
     system_prompt: str | None = None  # None: the chat template's default
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     inject: InjectConfig = field(default_factory=InjectConfig)
@@ -449,7 +472,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set expects key=value, got '{text}'")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else ""
+    return key.strip(), yaml_load(raw) if raw.strip() else ""
 
 
 def config_from_dict(data: dict[str, Any], overrides: list[str] | None = None) -> Config:
@@ -471,7 +494,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not p.is_file():
             raise ConfigError(f"config file not found: {p}")
         try:
-            data = yaml.safe_load(p.read_text()) or {}
+            data = yaml_load(p.read_text()) or {}
         except yaml.YAMLError as e:
             raise ConfigError(f"{p}: not valid YAML: {e}") from e
         if not isinstance(data, dict):
@@ -530,11 +553,17 @@ def validate(cfg: Config) -> None:
     _require(s.batch_size >= 1, "sft.batch_size", "must be >= 1")
     _require(s.grad_accum >= 1, "sft.grad_accum", "must be >= 1")
     _require(
+        s.max_examples_per_phase is None or s.max_examples_per_phase >= 1,
+        "sft.max_examples_per_phase",
+        "must be >= 1 (or null: the whole train split)",
+    )
+    _require(
         len(d.split) == 3 and all(x >= 0 for x in d.split) and abs(sum(d.split) - 1) < 1e-6,
         "data.split",
         "three non-negative fractions (train, val, test) summing to 1",
     )
     _require(d.max_length >= 8, "data.max_length", "must be >= 8 tokens")
+    _require(d.max_line_bytes >= 1, "data.max_line_bytes", "must be >= 1 byte")
     _require(cfg.model.lora.r >= 1, "model.lora.r", "must be >= 1")
     _require(
         cfg.model.autocast in ("auto", "bf16", "fp16", "none"),

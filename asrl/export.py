@@ -169,7 +169,10 @@ def export_run(
             model = policy.model.merge_and_unload()
             model = model.to(device="cpu", dtype=getattr(torch, dtype))
             model.config.use_cache = True
-            model.save_pretrained(tmp, safe_serialization=True)
+            from asrl import quiet
+
+            with quiet.library_call():  # DeepSpeed's import notice (asrl/quiet.py)
+                model.save_pretrained(tmp, safe_serialization=True)
             tokenizer = policy.tokenizer
         else:
             from asrl.models import load_tokenizer

@@ -21,7 +21,7 @@ import torch
 from asrl import distributed
 from asrl.models import Policy
 from asrl.numerics import upcast
-from asrl.phases.common import TrainingDiverged
+from asrl.phases.common import TrainingDiverged, cache_kwargs, kv_cache
 
 NUCLEUS_CANDIDATES = 1024  # tokens searched for the nucleus before falling back to a sort
 
@@ -130,7 +130,7 @@ def _decode(
     res = model(
         input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
     )
-    cache = res.past_key_values
+    cache = kv_cache(res)
     if len(unique) < len(prompts):
         cache.batch_select_indices(rows)  # each row its own copy of its prompt's cache
     logits, attn, last = res.logits[rows, -1], attn[rows], pos[rows, -1]
@@ -152,11 +152,11 @@ def _decode(
             input_ids=nxt[:, None],
             attention_mask=attn,
             position_ids=last[:, None],
-            past_key_values=cache,
             cache_position=torch.tensor([width + t], device=dev),
             use_cache=True,
+            **cache_kwargs(model, cache),
         )
-        cache, logits = res.past_key_values, res.logits[:, -1]
+        cache, logits = kv_cache(res), res.logits[:, -1]
     if dummy:
         return []
     out = []

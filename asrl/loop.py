@@ -41,7 +41,7 @@ from asrl.rewards import RewardError, RewardSet
 from asrl.schedules import Schedule, make_schedule
 from asrl.start import check_compatible, load_adapter, resolve_adapter
 from asrl.trackers import make_trackers
-from asrl.tracking import MetricsLog, console, epoch_line, write_json
+from asrl.tracking import MetricsLog, console, epoch_line, pct, write_json
 from asrl.types import PhaseResult
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,11 @@ def seed_everything(seed: int) -> None:
 def derived_seed(*parts: Any) -> int:
     """A seed from (seed, epoch, phase, ...): reproducible and independent per use."""
     return random.Random(":".join(map(str, parts))).getrandbits(31)
+
+
+class NoTrainingData(ConfigError):
+    """A phase would have nothing to train on (no usable train record, or every one longer
+    than data.max_length): the run stops before the model works, saying what to change."""
 
 
 @dataclass
@@ -165,7 +170,33 @@ class Run:
         self.data_sizes.append({"epoch": epoch, **sizes})
         if res.rejected:
             console(f"data: {res.rejected} bad record(s) quarantined in {self.dataset.quarantine}")
+        self.check_trainable()  # before anything is logged: a fixed rerun needs no --resume
         return self.metrics.log(epoch, "data", rec)
+
+    def check_trainable(self) -> None:
+        """Raise :class:`NoTrainingData` when the phases would train on nothing.
+
+        The train split only grows, so a run that passes once passes at every later epoch.
+        """
+        cfg, train = self.cfg, self.dataset.train
+        if not train:
+            bad = self.dataset.rejected_total
+            where = f", see {self.dataset.quarantine}" if bad and self.dataset.quarantine else ""
+            raise NoTrainingData(
+                f"data.path: no train examples in {cfg.data.path} ({len(self.dataset)} usable "
+                f"record(s) in val/test, {bad} bad record(s) quarantined{where}); add records "
+                "(asrl data add / asrl data generate) or point data.path at a dataset"
+            )
+        if self.schedule.runs_sft and self.tokenized is not None:
+            kept, dropped = self.tokenized(train)
+            if not kept:
+                shortest = min(self.tokenized.length(i) for i in dropped)
+                raise NoTrainingData(
+                    f"data.max_length: all {len(dropped)} train example(s) are longer than "
+                    f"{cfg.data.max_length} tokens (prompt + response in the chat template; the "
+                    f"shortest has {shortest}), so SFT has nothing to train on; raise "
+                    f"data.max_length to at least {shortest}, or use shorter records"
+                )
 
     def run_phase(self, phase: str, epoch: int) -> PhaseResult:
         if phase not in PHASES:
@@ -602,14 +633,14 @@ def _train(run: Run, start_epoch: int) -> dict[str, Any]:
         write_json(run.out / "summary.json", summary)
     final = summary["final"] or {}
     tested = (
-        f"test (n={summary['test']['n']}): format accuracy "
-        f"{test.get('test/format_accuracy')}, correctness {test.get('test/correctness')}"
+        f"test (n={summary['test']['n']}): format {pct(test.get('test/format_accuracy'))}, "
+        f"correct {pct(test.get('test/correctness'))}"
         if test is not None
         else "test: none (empty test split)"
     )
     console(
-        f"done: format accuracy {final.get('eval/format_accuracy')}, correctness "
-        f"{final.get('eval/correctness')}; {tested}"
+        f"done: val format {pct(final.get('eval/format_accuracy'))}, correct "
+        f"{pct(final.get('eval/correctness'))}; {tested}"
         + (f"; stopped: {stopped}" if stopped else "")
         + f"; summary in {run.out / 'summary.json'}"
     )

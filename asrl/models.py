@@ -23,7 +23,7 @@ from peft import LoraConfig as PeftLoraConfig
 from peft import PeftModel, get_peft_model
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 
-from asrl import distributed
+from asrl import distributed, quiet
 from asrl.config import ConfigError, ModelConfig
 from asrl.fused_ce import linear_cross_entropy
 from asrl.fused_lora import fuse_lora
@@ -66,7 +66,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    log.info("converting %s to %s (once)", gguf.name, out)
+    if distributed.current().is_main:
+        print(f"model: converting {gguf.name} to safetensors in {out} (once)", flush=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -76,7 +77,8 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
         if getattr(model.config, "quantization_config", None) is not None:
             del model.config.quantization_config
         model.hf_quantizer = None
-        model.save_pretrained(tmp, safe_serialization=True)
+        with quiet.library_call():  # DeepSpeed's import notice (asrl/quiet.py)
+            model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
         try:
             tmp.rename(out)
@@ -329,7 +331,8 @@ def load_policy(cfg: ModelConfig | str, seed: int = 0) -> Policy:
     )
     with torch.random.fork_rng():
         torch.manual_seed(seed)  # the adapter's initial A matrices depend on the seed only
-        model = get_peft_model(base, lora)
+        with quiet.library_call():  # PEFT's deprecated-property warning (asrl/quiet.py)
+            model = get_peft_model(base, lora)
     fuse_lora(model)  # same maths, one fused matmul-add per LoRA linear (asrl/fused_lora.py)
     model.to(device)
     return Policy(model, tokenizer, device, pick_autocast(cfg.autocast, device))

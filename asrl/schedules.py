@@ -23,6 +23,9 @@ class Schedule:
     name = "base"
     # whether a run may resume in the middle of an epoch (its phase list can be replayed)
     resumable_mid_epoch = True
+    # whether any epoch runs the "sft" phase: then the train split needs examples within
+    # data.max_length tokens (the loop checks before the model works)
+    runs_sft = True
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         self.cfg, self.seed = cfg, seed
@@ -62,6 +65,7 @@ class GRPOOnly(Schedule):
     """GRPO from the untrained model (the paper's cold start)."""
 
     name = "grpo"
+    runs_sft = False
 
     def phases(self, epoch: int, ctx: Any = None) -> list[str]:
         return ["grpo"]
@@ -72,6 +76,10 @@ class Sequential(Schedule):
     never imitated (it only reaches the model as GRPO prompts)."""
 
     name = "sequential"
+
+    @property
+    def runs_sft(self) -> bool:  # type: ignore[override]
+        return self.cfg.sft_epochs > 0
 
     def phases(self, epoch: int, ctx: Any = None) -> list[str]:
         return ["sft"] if epoch <= self.cfg.sft_epochs else ["grpo"]
@@ -171,6 +179,7 @@ class Chord(Schedule):
     with weight mu (``asrl.phases.chord.chord_mu`` over the run's global GRPO step)."""
 
     name = "chord"
+    runs_sft = False  # its SFT term skips over-length examples (one blended phase)
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         super().__init__(cfg, seed)
@@ -194,6 +203,7 @@ class ReLIFT(Schedule):
     and one SFT step is taken on the buffer whenever it fills (``asrl.phases.relift``)."""
 
     name = "relift"
+    runs_sft = False
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         super().__init__(cfg, seed)

@@ -147,6 +147,11 @@ def _pct(v: float | None) -> str:
     return "  n/a" if v is None else f"{100 * v:5.1f}%"
 
 
+def pct(v: float | None) -> str:
+    """A fraction as the epoch lines print it, unpadded: ``0.941 -> "94.1%"``."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.1f}%"
+
+
 def _num(v: float | None) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 

@@ -52,3 +52,28 @@ def test_overrides_are_parsed_as_yaml():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="not found"):
         load_config("configs/nope.yaml")
+
+
+@pytest.mark.parametrize(("text", "value"), [("1e-5", 1e-5), ("5E-6", 5e-6), (".5", 0.5)])
+def test_float_settings_accept_the_usual_spellings(tmp_path, text, value):
+    # YAML 1.1 (PyYAML's default) reads 1e-5 and 5E-6 as strings
+    path = tmp_path / "c.yaml"
+    path.write_text(f"grpo:\n  lr: {text}\nsft: {{lr: {text}, weight_decay: {text}}}\n")
+    cfg = load_config(path)  # a file
+    assert (cfg.grpo.lr, cfg.sft.lr, cfg.sft.weight_decay) == (value, value, value)
+    cfg = load_config("configs/tiny.yaml", [f"grpo.lr={text}", f"grpo.top_p={text}"])  # --set
+    assert cfg.grpo.lr == value and cfg.grpo.top_p == value
+    cfg = load_config(None, [f"reward.judge.timeout_s={text}", f"grpo.epsilon_high={text}"])
+    assert cfg.reward.judge.timeout_s == value and cfg.grpo.epsilon_high == value  # float | None
+
+
+def test_cli_takes_a_float_in_exponent_form(tmp_path):
+    import subprocess
+    import sys
+
+    # the real command line: a bad later setting stops it at load time, after lr was read
+    cmd = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(tmp_path)]
+    cmd += ["--set", "grpo.lr=1e-5", "--set", "sft.lr=5E-6", "--set", "grpo.num_generations=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "grpo.num_generations: must be >= 2" in r.stderr, r.stderr
+    assert "lr" not in r.stderr

@@ -36,11 +36,34 @@ def test_record_conventions_normalise_to_one_schema():
         (b'{"prompt": "q", "response": "  "}', "empty response"),
         (b"[1, 2]", "JSON object"),
         (b'{"messages": [{"role": "user", "content": "q"}]}', "no final assistant"),
+        (b'{"messages": "not a list", "response": "r"}', "'messages' must be a non-empty list"),
+        (b'{"prompt": "", "response": "r"}', "empty prompt"),
+        (b'{"prompt": [{"role": "user", "content": " "}], "response": "r"}', "empty prompt"),
+        (b'{"prompt": "q", "response": "r", "answer": 1e999}', "number out of range"),
     ],
 )
 def test_bad_records_say_why(raw, reason):
     with pytest.raises(RecordError, match=reason):
         parse_line(raw)
+
+
+def test_blank_lines_are_skipped_and_counted_and_a_bom_is_accepted(tmp_path):
+    path = tmp_path / "d.jsonl"
+    rec = lambda i: json.dumps({"id": f"r{i}", "prompt": f"q{i}", "response": "a"})  # noqa: E731
+    blanks = ["", "   ", "\t", "\r", "\u00a0", "\u3000 \u2003"]
+    text = "\ufeff" + rec(0) + "\n" + "\n".join(blanks) + "\n" + rec(1) + "\r\n"
+    path.write_text(text + "\ufeff" + rec(2) + "\n", encoding="utf-8")  # a BOM mid-file: bad
+    src = JsonlFile(path)
+    ds = LiveDataset([src], quarantine=tmp_path / "q.jsonl")
+    res = ds.refresh()
+    assert (res.new, res.rejected, res.blank_lines) == (2, 1, len(blanks))
+    assert sorted(e.id for part in ds.splits.values() for e in part) == ["r0", "r1"]
+    (where, reason) = res.rejects[0]
+    assert where == f"d.jsonl:{len(blanks) + 3}" and "BOM" in reason
+    with path.open("a") as f:  # blank lines appended later are skipped too
+        f.write("\n  \n" + rec(3) + "\n")
+    res = ds.refresh()
+    assert (res.new, res.rejected, res.blank_lines) == (1, 0, 2)
 
 
 def test_split_is_stable_and_close_to_fractions():

@@ -90,6 +90,77 @@ def test_validate_reports_line_numbers_and_exit_code(tmp_path, mixed_file):
     assert r.returncode == 1 and "too long: 4 characters" in r.stderr
 
 
+@pytest.fixture
+def hostile_file(tmp_path):
+    """Good records around lines a buggy or hostile writer might append; -> (path, the bad
+    line numbers with their reasons)."""
+    path = tmp_path / "hostile.jsonl"
+    lines = [
+        b"\xef\xbb\xbf" + good(1).encode(),  # 1: a BOM at the start (Windows editors): fine
+        b"",  # 2: blank
+        "\u00a0 ".encode(),  # 3: blank (Unicode whitespace)
+        b"[" * 100_000,  # 4
+        good(2).encode(),
+        b'{"id": "n", "prompt": "q", "response": "r", "answer": 1e999999}',  # 6
+        b'{"id": "i", "prompt": "q", "response": "r", "answer": ' + b"9" * 100_000 + b"}",  # 7
+        b'{"id": "s", "prompt": "q\\ud800", "response": "r"}',  # 8
+        b"\x00" * 32,  # 9
+        b'{"id": "l", "prompt": "q", "response": "' + b"x" * 2_000_000 + b'"}',  # 10
+        b'{"id": "m", "messages": "not a list", "response": "r"}',  # 11
+        b'{"id": "e", "prompt": "", "response": "r"}',  # 12
+        good(3).encode(),
+    ]
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    bad = {
+        4: "nested 100000 levels deep (max 64)",
+        6: "number out of range: 1e999999",
+        7: "number too large",
+        8: "lone surrogate",
+        9: "invalid JSON",
+        10: f"line longer than 1048576 bytes ({len(lines[9])} bytes), not read",
+        11: "'messages' must be a non-empty list",
+        12: "empty prompt",
+    }
+    return path, bad
+
+
+def assert_reported(stderr, path, bad, where=None):
+    assert "Traceback" not in stderr
+    reported = [x for x in stderr.splitlines() if x]
+    assert len(reported) == len(bad), stderr[-3000:]
+    for line, (no, reason) in zip(reported, bad.items()):
+        assert line.startswith(f"{where or path}:{no}: ") and reason in line, line
+
+
+def test_validate_add_and_stats_report_hostile_lines_by_number(tmp_path, hostile_file):
+    path, bad = hostile_file
+    r = asrl_data("validate", path, cwd=tmp_path)
+    assert r.returncode == 1
+    assert_reported(r.stderr, path, bad)
+    assert r.stdout.strip() == f"{path}: 3 good, 8 bad, 0 duplicate id(s), 2 blank line(s) skipped"
+
+    dataset = tmp_path / "data.jsonl"
+    r = asrl_data("add", path, "--to", dataset, cwd=tmp_path)
+    assert r.returncode == 1
+    assert_reported(r.stderr, path, bad)
+    assert "added 3 record(s)" in r.stdout and "8 bad" in r.stdout
+    assert [json.loads(x)["id"] for x in dataset.read_text().splitlines()] == ["g1", "g2", "g3"]
+
+    r = asrl_data("stats", path, cwd=tmp_path)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert "3 records" in r.stdout and "8 bad, 2 blank line(s) skipped" in r.stdout
+    shown = [x for x in r.stdout.splitlines() if x.startswith("bad: ")]
+    assert len(shown) == len(bad)
+    for line, (no, reason) in zip(shown, bad.items()):
+        assert line.startswith(f"bad: hostile.jsonl:{no}: ") and reason in line, line
+    s = json.loads(asrl_data("stats", path, "--json", cwd=tmp_path).stdout)
+    assert (s["records"], s["bad"], s["blank_lines"]) == (3, 8, 2)
+
+    # the size cap is a setting: a smaller one makes the long good lines bad too
+    r = asrl_data("validate", path, "--max-line-bytes", 40, cwd=tmp_path)
+    assert "hostile.jsonl:5: line longer than 40 bytes" in r.stderr
+
+
 def test_stats_json_counts_what_training_would_absorb(tmp_path):
     dataset = tmp_path / "d.jsonl"
     lines = [good(i) for i in range(200)] + ["{bad", good(5)]

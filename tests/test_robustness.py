@@ -1,6 +1,7 @@
 """Calm under bad input: non-finite steps, failing rewards, bad configs, unwritable outputs."""
 
 import json
+import re
 import sys
 
 import pytest
@@ -198,3 +199,47 @@ def test_kill_during_checkpoint_write_leaves_previous_whole(tmp_path):
     save_checkpoint(root, "epoch-0002", policy, opt, {"epoch": 2}, keep_last=5)
     assert not list(root.glob(".*"))  # every stale temp dir cleared by the next save
     assert latest_checkpoint(root).name == "epoch-0002"
+
+
+# ---- nothing to train on: stop before the model works, saying what to change
+
+
+def test_max_length_below_every_example_stops_before_training(tmp_path):
+    import subprocess
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(out)]
+    cmd += ["--set", f"data.path={tmp_path / 'data.jsonl'}", "--set", "data.max_length=10"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    msg = r.stderr.strip().splitlines()[-1]
+    assert re.search(
+        r"asrl: configuration error: data\.max_length: all \d+ train example\(s\) are longer "
+        r"than 10 tokens .*the shortest has (\d+)\).*raise data\.max_length to at least \1",
+        msg,
+    ), msg
+    assert "epoch" not in r.stdout and "done" not in r.stdout  # no eval, no phase ran
+    assert not (out / "metrics.jsonl").exists()  # so the fixed command needs no --resume
+    shortest = int(re.search(r"the shortest has (\d+)", msg).group(1))
+    cmd[-1] = f"data.max_length={shortest}"  # the fix the message names
+    cmd += ["--set", "schedule.epochs=1"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    sft = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    sft = next(x for x in sft if x["phase"] == "sft")
+    assert sft["compute/examples_seen"] >= 1 and sft["data/dropped_too_long"] >= 0
+
+
+def test_no_usable_train_record_stops_before_training(tmp_path):
+    from asrl.loop import NoTrainingData
+
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"prompt": "", "response": "r"}\n{broken\n')  # nothing usable
+    cfg = tiny(tmp_path)
+    with pytest.raises(NoTrainingData, match=r"data\.path: no train examples .* 2 bad record"):
+        train(cfg)
+    assert not (tmp_path / "out" / "metrics.jsonl").exists()
+    # the GRPO-only schedule needs no reference within max_length, but still prompts
+    cfg = tiny(tmp_path, "schedule.method=grpo", "data.max_length=10")
+    with pytest.raises(NoTrainingData, match="no train examples"):
+        train(cfg)

@@ -2,8 +2,10 @@
 
 import json
 import math
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,7 @@ from asrl.config import load_config
 from asrl.loop import train
 
 CONTRACT_EVAL = {"eval/format_accuracy", "eval/correctness", "eval/val_loss", "eval/after"}
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(tmp_path, *overrides):
@@ -102,7 +105,10 @@ def test_refuses_to_overwrite_a_run(tmp_path):
         train(tiny(tmp_path, "schedule.epochs=1"))
 
 
-def test_cli_train_and_config_errors(tmp_path):
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """One ``asrl train`` on the tiny config, as a user runs it: (its command, the result)."""
+    tmp = tmp_path_factory.mktemp("cli")
     cmd = [
         sys.executable,
         "-m",
@@ -111,19 +117,72 @@ def test_cli_train_and_config_errors(tmp_path):
         "-c",
         "configs/tiny.yaml",
         "-o",
-        str(tmp_path / "cli"),
+        str(tmp / "cli"),
         "--set",
-        f"data.path={tmp_path / 'd.jsonl'}",
+        f"data.path={tmp / 'd.jsonl'}",
         "--set",
         "schedule.epochs=1",
     ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=REPO)
+    return tmp, cmd, done
+
+
+def test_cli_train_and_config_errors(cli_run):
+    tmp, cmd, done = cli_run
     assert done.returncode == 0, done.stderr[-2000:]
-    assert (tmp_path / "cli" / "summary.json").is_file()
+    assert (tmp / "cli" / "summary.json").is_file()
     bad = subprocess.run(
-        cmd[:-2] + ["--set", "grpo.num_generations=1"], capture_output=True, text=True, timeout=120
+        cmd[:-2] + ["--set", "grpo.num_generations=1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
     )
     assert bad.returncode == 2 and "grpo.num_generations" in bad.stderr
+
+
+OUR_LINES = ("asrl: ", "data: ", "model: ", "epoch ", "done: ")
+
+
+def test_cli_console_shows_our_lines_only(cli_run):
+    _, _, done = cli_run
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [x.strip() for x in re.split(r"[\r\n]", done.stdout + done.stderr) if x.strip()]
+    noise = [x for x in lines if "Warning" in x or "[WARNING]" in x or "deprecated" in x]
+    assert not noise, noise  # transformers' / PEFT's / DeepSpeed's notices: fixed or silenced
+    assert all(x.startswith(OUR_LINES) for x in lines), lines
+    final = lines[-1]  # in percent, as the epoch lines print them
+    assert re.fullmatch(
+        r"done: val format \d+\.\d%, correct \d+\.\d%; "
+        r"test \(n=\d+\): format \d+\.\d%, correct \d+\.\d%; summary in .*summary\.json",
+        final,
+    )
+    epoch = next(x for x in lines if x.startswith("epoch   1"))
+    summary = json.loads(Path(final.rsplit(" ", 1)[1]).read_text())["final"]
+    fmt = f"{100 * summary['eval/format_accuracy']:.1f}%"
+    assert f"format {fmt}," in final and f"fmt {fmt:>6}" in epoch  # the same number
+
+
+def test_saving_a_model_keeps_deepspeeds_import_notice_quiet():
+    # save_pretrained imports DeepSpeed through accelerate (when installed); on a machine
+    # without GPU that import logs "[WARNING] ... Setting accelerator to CPU"
+    pytest.importorskip("deepspeed")
+    script = (
+        "import sys, tempfile\n"
+        "from transformers import LlamaConfig, LlamaForCausalLM\n"
+        "from asrl import quiet\n"
+        "cfg = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1,\n"
+        "                  num_attention_heads=2, num_key_value_heads=1, vocab_size=64)\n"
+        "with quiet.library_call():\n"
+        "    LlamaForCausalLM(cfg).save_pretrained(tempfile.mkdtemp())\n"
+        "print('deepspeed imported:', 'deepspeed' in sys.modules)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "deepspeed imported: True" in r.stdout  # the import this is about did happen
+    assert "[WARNING]" not in r.stdout + r.stderr and "Setting accelerator" not in r.stdout
 
 
 def test_merged_generation_matches_unmerged(tmp_path):

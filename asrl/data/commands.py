@@ -23,8 +23,15 @@ from typing import Any
 
 from asrl.data.format import ThinkingFormat
 from asrl.data.live import LiveDataset
-from asrl.data.records import MAX_CHARS, RecordError, check_length, parse_line
-from asrl.data.sources import Source, open_source
+from asrl.data.records import (
+    MAX_CHARS,
+    MAX_LINE_BYTES,
+    RecordError,
+    check_length,
+    parse_line,
+    rejection_reason,
+)
+from asrl.data.sources import JsonlFile, RawRecord, Source, open_source
 from asrl.data.synthetic import MIXES, make_record
 from asrl.types import Example
 
@@ -70,13 +77,11 @@ def append_lines(dataset: Path, lines: list[bytes], sync: bool = True) -> None:
         os.close(fd)
 
 
-def read_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Non-blank lines with their 1-based line numbers (a last line without newline too)."""
-    with path.open("rb") as f:
-        for no, line in enumerate(f, 1):
-            line = line.rstrip(b"\n").rstrip(b"\r")
-            if line.strip():
-                yield no, line
+def read_records(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> JsonlFile:
+    """A finished JSONL file read as the trainer reads it (blank lines skipped, a BOM at the
+    start dropped, over-long lines bad), its last line counted even without a newline;
+    positions read ``PATH:LINE``. Iterate ``.poll()``; ``.blank_lines`` counts the blanks."""
+    return JsonlFile(path, max_line_bytes, label=str(path), final=True)
 
 
 def check_line(line: bytes, max_chars: int | None) -> Example:
@@ -84,12 +89,21 @@ def check_line(line: bytes, max_chars: int | None) -> Example:
     return check_length(parse_line(line), max_chars)
 
 
-def existing_ids(dataset: Path, max_chars: int | None) -> set[str]:
+def check_raw(raw: RawRecord, max_chars: int | None) -> Example:
+    """:func:`check_line` for a line as :func:`read_records` yields it; any failure is a
+    :class:`~asrl.data.records.RecordError` (the reason), never another exception."""
+    try:
+        return check_length(raw.parse(), max_chars)
+    except Exception as e:  # whatever a hostile line provokes: a reason, like the trainer's
+        raise RecordError(rejection_reason(e)) from e
+
+
+def existing_ids(dataset: Path, max_chars: int | None, max_line_bytes: int) -> set[str]:
     ids: set[str] = set()
     if dataset.exists():
-        for _, line in read_lines(dataset):
+        for raw in read_records(dataset, max_line_bytes).poll():
             with suppress(RecordError):  # a bad record holds no id: the trainer drops it
-                ids.add(check_line(line, max_chars).id)
+                ids.add(check_raw(raw, max_chars).id)
     return ids
 
 
@@ -102,16 +116,20 @@ def _missing(cmd: str, path: Path) -> int:
 # add / validate / stats
 
 
-def _validate_file(path: Path, max_chars: int | None) -> tuple[list[tuple[bytes, str]], int]:
-    """Good lines with their ids, and the number of bad ones (reported on stderr)."""
+def _validate_file(
+    path: Path, max_chars: int | None, max_line_bytes: int
+) -> tuple[list[tuple[bytes, str]], int, int]:
+    """Good lines with their ids, the number of bad ones (each reported on stderr as
+    ``PATH:LINE: reason``) and of blank lines skipped."""
     good, bad = [], 0
-    for no, line in read_lines(path):
+    src = read_records(path, max_line_bytes)
+    for raw in src.poll():
         try:
-            good.append((line, check_line(line, max_chars).id))
+            good.append((raw.data, check_raw(raw, max_chars).id))
         except RecordError as e:
             bad += 1
-            print(f"{path}:{no}: {e}", file=sys.stderr)
-    return good, bad
+            print(f"{raw.where}: {e}", file=sys.stderr)
+    return good, bad, src.blank_lines
 
 
 def cmd_add(args: argparse.Namespace) -> int:
@@ -121,9 +139,10 @@ def cmd_add(args: argparse.Namespace) -> int:
     if dataset.is_dir():
         print(f"asrl data add: {dataset} is a directory; --to takes a JSONL file", file=sys.stderr)
         return 2
-    good, bad = _validate_file(src, args.max_chars)  # before the lock: writers wait less
+    # before the lock: writers wait less
+    good, bad, _ = _validate_file(src, args.max_chars, args.max_line_bytes)
     with locked(dataset):
-        seen = existing_ids(dataset, args.max_chars)
+        seen = existing_ids(dataset, args.max_chars, args.max_line_bytes)
         new = []
         for line, rid in good:
             if rid not in seen:  # also drops a record repeated inside FILE
@@ -142,9 +161,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     path = Path(args.file)
     if not path.is_file():
         return _missing("validate", path)
-    good, bad = _validate_file(path, args.max_chars)
+    good, bad, blank = _validate_file(path, args.max_chars, args.max_line_bytes)
     dup = len(good) - len({rid for _, rid in good})
-    print(f"{path}: {len(good)} good, {bad} bad, {dup} duplicate id(s)")
+    skipped = f", {blank} blank line(s) skipped" if blank else ""
+    print(f"{path}: {len(good)} good, {bad} bad, {dup} duplicate id(s){skipped}")
     return 1 if bad else 0
 
 
@@ -171,12 +191,15 @@ def dataset_stats(source: Source, split: list[float], max_chars: int | None) -> 
         "types": dict(types.most_common()),
         "duplicates": res.duplicates,
         "bad": res.rejected,
+        "blank_lines": res.blank_lines,
         "bad_examples": [{"where": w, "reason": r} for w, r in res.rejects[:10]],
     }
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    source = open_source(args.dataset)
+    from asrl.config import DataConfig
+
+    source = open_source(args.dataset, DataConfig(max_line_bytes=args.max_line_bytes))
     path = getattr(source, "path", None)
     if isinstance(path, Path) and not path.exists():  # a source would just be empty
         return _missing("stats", path)
@@ -186,7 +209,8 @@ def cmd_stats(args: argparse.Namespace) -> int:
         return 0
     sp = s["splits"]
     print(f"{s['path']}: {s['records']} records (train {sp['train']} / val {sp['val']} / "
-          f"test {sp['test']}), {s['duplicates']} duplicates, {s['bad']} bad")  # fmt: skip
+          f"test {sp['test']}), {s['duplicates']} duplicates, {s['bad']} bad"
+          + (f", {s['blank_lines']} blank line(s) skipped" if s["blank_lines"] else ""))  # fmt: skip
     if s["types"]:
         print("types: " + ", ".join(f"{t} {n}" for t, n in s["types"].items()))
     for b in s["bad_examples"]:
@@ -212,8 +236,8 @@ def next_index(dataset: Path, mix: str, seed: int) -> int:
     pattern = re.compile(rb'"id":\s*"syn-' + re.escape(f"{mix}-{seed}-".encode()) + rb'(\d+)"')
     top = -1
     if dataset.exists():
-        for _, line in read_lines(dataset):
-            if m := pattern.search(line):
+        for raw in read_records(dataset).poll():
+            if raw.error is None and (m := pattern.search(raw.data)):
                 top = max(top, int(m.group(1)))
     return top + 1
 
@@ -299,6 +323,9 @@ def register(subparsers: Any) -> None:
     def max_chars(p: argparse.ArgumentParser) -> None:
         p.add_argument("--max-chars", type=int, default=MAX_CHARS,
                        help=f"longest prompt + response accepted (default {MAX_CHARS})")  # fmt: skip
+        p.add_argument("--max-line-bytes", type=int, default=MAX_LINE_BYTES,
+                       help="longest line read; longer ones are bad, skipped unread "
+                       f"(default {MAX_LINE_BYTES}, as data.max_line_bytes)")  # fmt: skip
 
     a = sub.add_parser("add", help="validate FILE and append its good records to DATASET")
     a.add_argument("file", help="JSONL file of records to add")

@@ -1,8 +1,8 @@
 """LiveDataset: sources -> validated, de-duplicated, stably split, versioned examples.
 
 ``refresh()`` absorbs what arrived since the last look. Bad records (unparseable, invalid,
-over-length) go to a quarantine file with the reason and the source position; training goes
-on. A record's split depends on its identity only, so held-out examples never leak into
+over-length, or anything else that fails to parse) go to a quarantine file with the reason
+and the source position; training goes on. A record's split depends on its identity only, so held-out examples never leak into
 train as the data grows. Only parsed :class:`Example` objects are kept, never raw bytes: a
 million short records fit in about a gigabyte.
 """
@@ -15,11 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from asrl.data.records import MAX_CHARS, SPLITS, RecordError, check_length, split_of
+from asrl.data.records import MAX_CHARS, SPLITS, check_length, rejection_reason, split_of
 from asrl.data.sources import RawRecord, Source
 from asrl.types import Example
 
 MAX_REPORTED = 100  # rejects listed in a RefreshResult; the quarantine file has them all
+# line breaks to str.splitlines() that json.dumps(ensure_ascii=False) leaves raw: escaped in
+# the quarantine file, so every reader splits it into the same lines
+_LINE_BREAKS = {0x85: "\\u0085", 0x2028: "\\u2028", 0x2029: "\\u2029"}
+
+
+def jsonl_line(obj: Any) -> bytes:
+    """One JSONL line (UTF-8, readable text; a lone surrogate becomes '?')."""
+    text = json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)
+    return (text + "\n").encode("utf-8", "replace")
 
 
 @dataclass
@@ -27,6 +36,7 @@ class RefreshResult:
     new: int = 0
     rejected: int = 0
     duplicates: int = 0
+    blank_lines: int = 0  # blank / whitespace-only JSONL lines skipped (not records)
     new_by_split: dict[str, int] | None = None
     rejects: list[tuple[str, str]] = field(default_factory=list)  # (where, reason), first few
     # (split, example) of every new record, when refresh(keep_added=True): what the main
@@ -72,18 +82,21 @@ class LiveDataset:
             return
         self.quarantine.parent.mkdir(parents=True, exist_ok=True)
         entry = {"time": time.time(), "where": raw.where, "reason": reason, "raw": raw.preview()}
-        with self.quarantine.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+        with self.quarantine.open("ab") as f:
+            f.write(jsonl_line(entry))
 
     def refresh(self, keep_added: bool = False) -> RefreshResult:
         """Absorb new records from every source; the version moves when anything was added."""
         res = RefreshResult(new_by_split={s: 0 for s in SPLITS})
         for source in self.sources:
+            blank = getattr(source, "blank_lines", 0)
             for raw in source.poll():
                 try:
                     ex = check_length(raw.parse(), self.max_chars)
-                except RecordError as e:
-                    self._reject(raw, str(e), res)
+                except Exception as e:  # any input becomes a record or a reason
+                    # (a RecordError, or whatever else a hostile record provoked: the run
+                    # goes on either way)
+                    self._reject(raw, rejection_reason(e), res)
                     continue
                 if ex.id in self.seen:
                     res.duplicates += 1
@@ -95,6 +108,7 @@ class LiveDataset:
                 res.new_by_split[split] += 1
                 if keep_added:
                     res.added.append((split, ex))
+            res.blank_lines += getattr(source, "blank_lines", 0) - blank
         if res.new:
             self.version += 1
         return res

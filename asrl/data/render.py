@@ -70,20 +70,26 @@ class TokenizedCache:
         system_prompt: str | None = None,
     ) -> None:
         self.tokenizer, self.max_length, self.system_prompt = tokenizer, max_length, system_prompt
-        self._done: dict[str, Tokenized | None] = {}  # None: longer than max_length
+        # an int: the token count of an example longer than max_length (dropped)
+        self._done: dict[str, Tokenized | int] = {}
 
     def __call__(self, examples: list[Example]) -> tuple[list[Tokenized], list[str]]:
         kept, dropped = [], []
         for ex in examples:
             if ex.id not in self._done:
                 t = tokenize_example(self.tokenizer, ex, self.system_prompt)
-                self._done[ex.id] = t if len(t.ids) <= self.max_length else None
+                self._done[ex.id] = t if len(t.ids) <= self.max_length else len(t.ids)
             t = self._done[ex.id]
-            if t is None:
+            if isinstance(t, int):
                 dropped.append(ex.id)
             else:
                 kept.append(t)
         return kept, dropped
+
+    def length(self, example_id: str) -> int:
+        """Tokens of an example this cache has seen (prompt + response + end of turn)."""
+        t = self._done[example_id]
+        return t if isinstance(t, int) else len(t.ids)
 
 
 def tokenize_all(

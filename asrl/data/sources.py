@@ -15,11 +15,11 @@ import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 from urllib.parse import quote
 
 from asrl.data.format import ThinkingFormat
-from asrl.data.records import RecordError, parse_line, parse_row
+from asrl.data.records import BOM, MAX_LINE_BYTES, RecordError, is_blank, parse_line, parse_row
 from asrl.data.synthetic import generate_records
 from asrl.types import Example
 
@@ -30,6 +30,7 @@ READ_CHUNK = 1 << 22  # bytes per read: a 200 MB file is never held in memory at
 SQL_BATCH = 2000  # rows per query: each query is a short read, so writers are never starved
 SQL_COLUMNS = ("id", "prompt", "messages", "response", "completion", "answer", "type")
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
+PREVIEW_BYTES = 4096  # of an over-long line: what the quarantine file shows
 
 
 @dataclass(frozen=True)
@@ -49,15 +50,19 @@ class RawRecord:
             raise RecordError(self.error)
         return parse_line(self.data) if isinstance(self.data, bytes) else parse_row(self.data)
 
-    def preview(self, limit: int = 4096) -> str:
-        """The raw record as text, for the quarantine file."""
+    def preview(self, limit: int = PREVIEW_BYTES) -> str:
+        """The raw record as text, for the quarantine file (whatever the record holds)."""
         if isinstance(self.data, bytes):
             return self.data[:limit].decode("utf-8", errors="replace")
         row = {
             k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
             for k, v in self.data.items()
         }
-        return json.dumps(row, ensure_ascii=False, default=repr)[:limit]
+        try:
+            text = json.dumps(row, ensure_ascii=False, default=repr)
+        except Exception as e:  # nested too deep to print, say: the reason tells the rest
+            text = f"<row not printable: {type(e).__name__}>"
+        return text[:limit].encode("utf-8", "replace").decode("utf-8")  # lone surrogates: ?
 
 
 class Source(Protocol):
@@ -69,45 +74,105 @@ class Source(Protocol):
     def restore_until(self, state: dict[str, Any]) -> None: ...
 
 
+def scan_lines(
+    f: BinaryIO,
+    start: int,
+    max_line_bytes: int,
+    limit: int | None = None,
+    final: bool = False,
+) -> Iterator[tuple[int, bytes, int]]:
+    """The lines of an open binary file from byte ``start``: ``(bytes consumed, line, its
+    length)``, the line without its newline.
+
+    Only complete lines come, unless ``final`` (a finished file: its last line needs no
+    newline). A line longer than ``max_line_bytes`` is never held whole: its first
+    ``PREVIEW_BYTES`` come with its true length, the rest is skipped up to the next newline.
+    ``limit``: stop at this offset (a line boundary).
+    """
+    pos, tail = start, b""  # tail: the unfinished line so far (at most max_line_bytes)
+    skipping = -1  # >= 0: length so far of an over-long line being skipped
+    while limit is None or pos < limit:
+        chunk = f.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - pos))
+        if not chunk:
+            break
+        pos += len(chunk)
+        if skipping >= 0:
+            nl = chunk.find(b"\n")
+            if nl < 0:
+                skipping += len(chunk)
+                continue
+            yield skipping + nl + 1, tail, skipping + nl
+            skipping, tail, chunk = -1, b"", chunk[nl + 1 :]
+        buf = tail + chunk
+        end = buf.rfind(b"\n")
+        if end >= 0:
+            for line in buf[:end].split(b"\n"):
+                yield len(line) + 1, line, len(line)
+            buf = buf[end + 1 :]
+        if len(buf) > max_line_bytes:
+            skipping, tail = len(buf), buf[:PREVIEW_BYTES]
+        else:
+            tail = buf
+    if final and (skipping >= 0 or tail):
+        n = skipping if skipping >= 0 else len(tail)
+        yield n, tail, n
+
+
 class JsonlFile:
     """A JSONL file being appended to, read from the last byte offset.
 
     Only complete lines are consumed: a last line without its newline yet is a write in
-    progress and is left for the next poll, neither parsed nor lost.
+    progress and is left for the next poll, neither parsed nor lost (``final``: a finished
+    file, whose last line counts without one). Blank and whitespace-only lines are skipped
+    (counted in ``blank_lines``), a UTF-8 byte order mark at offset 0 is dropped, and a line
+    longer than ``max_line_bytes`` is skipped while reading and comes as a bad record.
     """
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        max_line_bytes: int = MAX_LINE_BYTES,
+        label: str | None = None,
+        final: bool = False,
+    ) -> None:
         self.path = Path(path)
         self.name = str(self.path)
+        self.label = label or self.path.name  # positions read "LABEL:LINE"
+        self.max_line_bytes = max_line_bytes
+        self.final = final
         self.offset = 0
         self.line_no = 0
+        self.blank_lines = 0  # skipped by the polls of this object
         self.limit: int | None = None  # stop at this offset (replaying up to a checkpoint)
 
     def poll(self) -> Iterator[RawRecord]:
         if not self.path.exists():
             return
         limit, self.limit = self.limit, None
+        cap = self.max_line_bytes
         with self.path.open("rb") as f:
             f.seek(self.offset)
-            pos, tail = self.offset, b""  # tail: bytes after the last newline read so far
-            while limit is None or pos < limit:
-                chunk = f.read(READ_CHUNK if limit is None else min(READ_CHUNK, limit - pos))
-                if not chunk:
-                    break
-                pos += len(chunk)
-                buf = tail + chunk
-                end = buf.rfind(b"\n")
-                if end < 0:
-                    tail = buf
+            for size, line, n in scan_lines(f, self.offset, cap, limit, self.final):
+                # the cursor moves line by line, so a consumer that stops early resumes
+                # exactly after the last record it took
+                first = self.offset == 0
+                self.line_no += 1
+                self.offset += size
+                where = f"{self.label}:{self.line_no}"
+                if n > cap:
+                    reason = (
+                        f"line longer than {cap} bytes ({n} bytes), not read; the limit is "
+                        "data.max_line_bytes (asrl data: --max-line-bytes)"
+                    )
+                    yield RawRecord(line[:PREVIEW_BYTES], where, error=reason)
                     continue
-                tail = buf[end + 1 :]
-                for line in buf[:end].split(b"\n"):
-                    # the cursor moves line by line, so a consumer that stops early resumes
-                    # exactly after the last record it took
-                    self.line_no += 1
-                    self.offset += len(line) + 1
-                    if line.strip():
-                        yield RawRecord(line.rstrip(b"\r"), f"{self.path.name}:{self.line_no}")
+                if first and line.startswith(BOM):
+                    line = line[len(BOM) :]
+                line = line.rstrip(b"\r")
+                if is_blank(line):
+                    self.blank_lines += 1
+                    continue
+                yield RawRecord(line, where)
 
     def state(self) -> dict[str, Any]:
         return {"offset": self.offset, "line_no": self.line_no}
@@ -128,9 +193,12 @@ class JsonlDir:
     temporary files of writers that publish by rename.
     """
 
-    def __init__(self, path: str | Path, pattern: str = "*.jsonl") -> None:
+    def __init__(
+        self, path: str | Path, pattern: str = "*.jsonl", max_line_bytes: int = MAX_LINE_BYTES
+    ) -> None:
         self.path = Path(path)
         self.pattern = pattern
+        self.max_line_bytes = max_line_bytes
         self.name = str(self.path)
         self.files: dict[str, JsonlFile] = {}  # relative name -> its tail
         self.only: set[str] | None = None  # replaying: the files the checkpoint knew
@@ -141,10 +209,14 @@ class JsonlDir:
             for p in self.path.glob(self.pattern):
                 name = p.relative_to(self.path).as_posix()
                 if name not in self.files and not p.name.startswith(".") and p.is_file():
-                    self.files[name] = JsonlFile(p)
+                    self.files[name] = JsonlFile(p, self.max_line_bytes)
         for name in sorted(self.files):
             if only is None or name in only:
                 yield from self.files[name].poll()
+
+    @property
+    def blank_lines(self) -> int:
+        return sum(f.blank_lines for f in self.files.values())
 
     def state(self) -> dict[str, Any]:
         return {"files": {name: f.state() for name, f in self.files.items()}}
@@ -152,7 +224,7 @@ class JsonlDir:
     def _load(self, state: dict[str, Any], until: bool) -> None:
         self.files = {}
         for name, cursor in state["files"].items():
-            f = self.files[name] = JsonlFile(self.path / name)
+            f = self.files[name] = JsonlFile(self.path / name, self.max_line_bytes)
             f.restore_until(cursor) if until else f.restore(cursor)
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -272,11 +344,12 @@ def open_source(
     if is_hf_path(text):
         return HFSource.from_config(text, data)
     p = Path(text)
+    cap = data.max_line_bytes if data is not None else MAX_LINE_BYTES
     if p.is_dir():
-        return JsonlDir(p)
+        return JsonlDir(p, max_line_bytes=cap)
     if p.suffix.lower() in SQLITE_SUFFIXES:
         return SqliteTable(p)
-    return JsonlFile(p)
+    return JsonlFile(p, cap)
 
 
 def write_synthetic(path: str | Path, count: int, seed: int, mix: str, fmt: ThinkingFormat) -> int:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 import random
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,26 @@ from asrl.numerics import upcast
 
 # per-token log-probs, or (log-probs, entropies) when asked ``with_entropy``
 LogpsOut = torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]
+
+
+@functools.cache
+def _cache_argument(cls: type) -> str:
+    params = inspect.signature(cls.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def cache_kwargs(model: torch.nn.Module, cache: Any) -> dict[str, Any]:
+    """The keyword argument that passes a KV cache back into ``model``: ``cache`` in the
+    transformers versions that renamed it (passing the old ``past_key_values`` warns there),
+    ``past_key_values`` in older ones."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # PEFT
+    return {_cache_argument(type(base)): cache}
+
+
+def kv_cache(out: Any) -> Any:
+    """The KV cache of a forward's output (``use_cache=True``), under either name; reading
+    the old name where it was renamed warns."""
+    return out["cache"] if "cache" in out else out["past_key_values"]
 
 
 def token_logps(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -111,13 +134,13 @@ def shared_prompt_logps(
     )
     logits = out.logits[select]  # (B, 1, V): the last prompt position predicts token 0
     if C > 1:
-        cache = out.past_key_values
+        cache = kv_cache(out)
         cache.batch_select_indices(select)
         rest = model(
             input_ids=input_ids[:, P : P + C - 1],
             attention_mask=attention_mask[:, : P + C - 1],
             position_ids=pos[:, P : P + C - 1],
-            past_key_values=cache,
+            **cache_kwargs(model, cache),
             cache_position=torch.arange(P, P + C - 1, device=input_ids.device),
             use_cache=True,
         ).logits  # (B, C - 1, V)
