@@ -384,3 +384,62 @@ def test_pass_rates_survive_growth_and_resume_like_an_uninterrupted_run(tmp_path
     assert len([p for p in state["pass_rates"]["rates"].values() if 0 < p < 1]) > 0
     # the records added at epoch 2 (data.inject) are tracked like the others once drawn
     assert any(k.startswith("syn-percent") for k in state["pass_rates"]["rates"])
+
+
+# ---- the RL half learns
+
+
+def brevity(prompts, completions, **_):
+    """A dense reward: shorter completions (in characters) score higher."""
+    return [-len(c) / 64.0 for c in completions]
+
+
+def _mean_reward(policy, train, cfg, rewards, seed):
+    from asrl.phases.grpo import rollout
+
+    policy.model.eval()
+    ro = rollout(policy, train[:12], cfg, rewards, seed=seed)
+    return sum(ro.rewards) / len(ro.rewards)
+
+
+def test_grpo_raises_a_dense_reward(tmp_path):
+    """Four rounds of GRPO (16 optimizer steps) on a brevity reward, through reward.custom,
+    raise the mean reward of fresh samples far more than noise does.
+
+    Measured on this tiny random model (seed 0) at temperature 0.08, where it emits a mix of
+    single newlines and whole words: reward gain with lr 1e-2 of 0.30 to 0.40 over four
+    run seeds; with lr 0 (no learning) -0.06 to 0.07. The threshold
+    sits between the two. If the update stops learning (a sign or advantage bug, no step),
+    the gain falls to the lr-0 noise and this fails.
+    """
+    from asrl.data.records import parse_record
+    from asrl.data.synthetic import generate_records
+
+    cfg = load_config(
+        "configs/tiny.yaml",
+        [
+            "reward.format_weight=0",
+            "reward.correctness_weight=0",
+            f"reward.custom=[{{path: '{__name__}:brevity'}}]",
+            "grpo.lr=1.0e-2",
+            "grpo.temperature=0.08",
+            "grpo.questions_per_epoch=4",
+            "grpo.num_generations=6",
+            "grpo.max_new_tokens=8",
+            "grpo.micro_batch_size=32",
+            "grpo.rounds_per_phase=4",
+            "grpo.steps_per_round=2",
+            "grpo.num_iterations=2",
+            "model.threads=1",
+        ],
+    )
+    policy = load_policy(cfg.model, seed=0)
+    records = generate_records(20, seed=0, fmt=cfg.format.spec(), mix="paper")
+    data = [parse_record(r) for r in records]
+    rewards = RewardSet.from_config(cfg.reward, cfg.format.spec())
+    opt = torch.optim.AdamW(policy.trainable_parameters(), lr=cfg.grpo.lr, weight_decay=0.0)
+    before = _mean_reward(policy, data, cfg.grpo, rewards, seed=1000)
+    res = run_grpo_phase(policy, data, cfg.grpo, rewards, opt, random.Random(0), 0)
+    after = _mean_reward(policy, data, cfg.grpo, rewards, seed=2000)
+    assert res.steps == 16
+    assert after - before > 0.17, (before, after)
