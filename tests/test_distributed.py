@@ -411,3 +411,43 @@ def test_zero2_skips_nonfinite_steps_and_stops_on_divergence(tmp_path):
     log = _run_launch("zero2", args, ok=False)
     assert log.count("sft: 2 optimizer steps in a row had a non-finite loss") == 2  # each rank
     assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+
+
+def test_two_processes_agree_on_dynamic_sampling_and_pass_rates(tmp_path):
+    """Dynamic sampling, pass-rate question choice, several rounds and passes, truncation
+    masking, under 2 processes: every decision (which groups to drop, how many questions to
+    draw next, which ones) is taken on the gathered rewards, so the processes stay in step
+    (a disagreement would hang or break a collective) and every drawn question is sampled
+    by exactly one of them."""
+    out, log = tmp_path / "dyn", tmp_path / "rewards.log"
+    sets = [
+        f"data.path={tmp_path / 'data.jsonl'}",
+        "schedule.method=grpo",
+        "reward.format_weight=0",
+        "reward.correctness_weight=0",
+        "reward.custom=[{path: 'tests.signal_rewards:flat_for_some'}]",
+        "grpo.filter_zero_std=true",
+        "grpo.max_resample_rounds=3",
+        "grpo.question_selection=pass_rate",
+        "grpo.questions_per_epoch=3",
+        "grpo.rounds_per_phase=2",
+        "grpo.num_iterations=2",
+        "grpo.mask_truncated_completions=true",
+    ]
+    args = ["-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(out)]
+    args += [a for s in sets for a in ("--set", s)]
+    env = dict(_env(), ASRL_TEST_REWARD_LOG=str(log))
+    done = subprocess.run(
+        _cmd(args, 2), cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    grpo = [r for r in _lines(out) if r["phase"] == "grpo"]
+    assert len(grpo) == 2 and sum(r["train/resample_rounds"] for r in grpo) > 0
+    calls = [line.split() for line in log.read_text().splitlines()]
+    # GRPO rollouts score each question's 3 completions (evaluations score one answer each)
+    calls = [c for c in calls if all(c[1:].count(i) == 3 for i in c[1:])]
+    assert {c[0] for c in calls} == {"0", "1"}
+    groups = [i for c in calls for i in dict.fromkeys(c[1:])]  # one per question sampled
+    assert len(groups) == sum(r["compute/examples_seen"] for r in grpo)
+    state = json.loads((out / "checkpoints" / "epoch-0002" / "state.json").read_text())
+    assert set(state["pass_rates"]["rates"]) == set(groups)
