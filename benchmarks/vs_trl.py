@@ -22,18 +22,13 @@ beside the equal-precision comparison.
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 
 import torch
-
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+from _common import TARGETS, load_base, print_result, resolve_precision, run_child, trl_common_args
 
 
 def matmul_rates(repeats: int = 3) -> dict[str, float]:
@@ -55,10 +50,6 @@ def _examples(n: int, seed: int):
     from asrl.data.synthetic import generate_records
 
     return [parse_record(r) for r in generate_records(n, seed=seed)]
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
 # ----------------------------------------------------------------------------- workers
@@ -114,15 +105,8 @@ def asrl_grpo(a) -> dict:
 
 def _trl_model(a):
     from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from asrl.models import resolve_model_path
-
-    path = resolve_model_path(a.model)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-    tok = AutoTokenizer.from_pretrained(path)
-    if tok.pad_token is None:
-        tok.pad_token = tok.eos_token
+    model, tok = load_base(a.model)
     lora = LoraConfig(
         r=32, lora_alpha=64, lora_dropout=0.0, target_modules=TARGETS, task_type="CAUSAL_LM"
     )
@@ -130,17 +114,7 @@ def _trl_model(a):
 
 
 def _common(a, out: str) -> dict:
-    return dict(
-        output_dir=out,
-        report_to=[],
-        use_cpu=True,
-        bf16=a.precision == "bf16",
-        gradient_checkpointing=False,
-        save_strategy="no",
-        logging_steps=10_000,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
-    )
+    return trl_common_args(out, a.precision == "bf16")
 
 
 def trl_sft(a) -> dict:
@@ -244,16 +218,6 @@ WORKERS = {"asrl-sft": asrl_sft, "trl-sft": trl_sft, "asrl-grpo": asrl_grpo, "tr
 # ----------------------------------------------------------------------------- driver
 
 
-def run_child(name: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, __file__, "--worker", name, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        sys.stderr.write(proc.stderr[-4000:])
-        raise SystemExit(f"{name} failed (rc {proc.returncode})")
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
@@ -271,16 +235,10 @@ def main() -> None:
     ap.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.worker:
-        res = WORKERS[a.worker](a)
-        res["rss_mb"] = _peak_rss_mb()
-        print("RESULT " + json.dumps(res), flush=True)
+        print_result(WORKERS[a.worker](a))
         return
 
-    if a.precision == "auto":  # asrl's own choice (bf16 only where it is measurably faster)
-        from asrl.models import pick_autocast
-
-        bf16 = pick_autocast("auto", torch.device("cpu")) == torch.bfloat16
-        a.precision = "bf16" if bf16 else "fp32"
+    a.precision = resolve_precision(a.precision)  # auto: asrl's own choice on this CPU
     argv = [
         f"--model={a.model}",
         f"--precision={a.precision}",
@@ -311,7 +269,7 @@ def main() -> None:
                     args = [
                         x if not x.startswith("--precision") else "--precision=bf16" for x in argv
                     ]
-                r = run_child(worker, args)
+                r = run_child(__file__, worker, args)
                 readings.setdefault(name, []).append(r)
                 print(f"  {name}: {r}", flush=True)
 

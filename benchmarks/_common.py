@@ -1,0 +1,85 @@
+"""Helpers the asrl-vs-TRL benchmarks share (``vs_trl.py``, ``grpo_learns.py``).
+
+Run the benchmarks as scripts (``python benchmarks/NAME.py``): this directory is then on
+``sys.path`` and ``from _common import ...`` finds this file.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+from typing import Any
+
+# LoRA on all seven projections, as asrl's default ``model.lora.target_modules``
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto`` -> asrl's own choice on this CPU (bf16 only where measurably faster)."""
+    if precision != "auto":
+        return precision
+    import torch
+
+    from asrl.models import pick_autocast
+
+    return "bf16" if pick_autocast("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
+
+
+def trl_common_args(out: str, bf16: bool) -> dict[str, Any]:
+    """TrainingArguments both TRL trainers get: CPU, the given precision, no saving, no logs."""
+    return dict(
+        output_dir=out,
+        report_to=[],
+        use_cpu=True,
+        bf16=bf16,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        logging_steps=10_000,
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+    )
+
+
+def load_base(name: str, seed: int = 0):
+    """The plain fp32 base model (no adapter) and tokenizer, exactly as asrl loads them.
+
+    The tiny random test models come from asrl's own builder with the run's seed, so both
+    frameworks start from the same weights.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from asrl.models import TINY_MODELS, _tiny_model, load_tokenizer, resolve_model_path
+
+    tok = load_tokenizer(name)
+    if name in TINY_MODELS:
+        return _tiny_model(name, tok, seed), tok
+    model = AutoModelForCausalLM.from_pretrained(
+        resolve_model_path(name), dtype=torch.float32, use_safetensors=True
+    )
+    return model, tok
+
+
+def run_child(script: str, worker: str, argv: list[str]) -> dict[str, Any]:
+    """Run ``script --worker WORKER ARGV...`` in a fresh interpreter; its ``RESULT {json}`` line."""
+    cmd = [sys.executable, script, "--worker", worker, *argv]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        sys.stderr.write(proc.stdout[-2000:])
+        sys.stderr.write(proc.stderr[-4000:])
+        raise SystemExit(f"{worker} failed (rc {proc.returncode})")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def print_result(res: dict[str, Any]) -> None:
+    """A worker's answer to ``run_child``: one ``RESULT`` line with its peak RSS added."""
+    res["rss_mb"] = peak_rss_mb()
+    print("RESULT " + json.dumps(res), flush=True)
