@@ -264,6 +264,7 @@ def load_start_policy(a: argparse.Namespace):
     """asrl's Policy on the start adapter, at the benchmark's precision, on the CPU."""
     from asrl.config import ModelConfig
     from asrl.models import load_policy
+    from asrl.start import check_compatible, load_adapter, resolve_adapter
 
     mc = ModelConfig(
         name=a.model,
@@ -271,19 +272,11 @@ def load_start_policy(a: argparse.Namespace):
         autocast="bf16" if a.precision == "bf16" else "none",
         lora=adapter_lora(Path(a.adapter)),
     )
-    if any(f.name == "adapter" for f in dataclasses.fields(ModelConfig)):
-        mc.adapter = str(a.adapter)  # model.adapter: asrl loads the adapter itself
-        policy = load_policy(mc, seed=a.base_seed)
-    else:
-        # TEMPORARY fallback until `model.adapter` exists in asrl.config.ModelConfig: a
-        # fresh LoRA of the adapter's shape, then the exported weights set into it (what
-        # asrl.export.load_trained_policy does with a run's checkpoint).
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        policy = load_policy(mc, seed=a.base_seed)
-        weights = load_file(Path(a.adapter) / "adapter_model.safetensors")
-        set_peft_model_state_dict(policy.model, weights)
+    mc.adapter = str(a.adapter)
+    start = resolve_adapter(mc.adapter)  # what `asrl train` does with model.adapter
+    check_compatible(start, mc, a.base_seed)
+    policy = load_policy(mc, seed=a.base_seed)
+    load_adapter(policy, start)
     check_adapter_matches(policy.model, Path(a.adapter))
     return policy
 
