@@ -43,6 +43,9 @@ def verbose(on: bool) -> None:
     _VERBOSE = on
     if not on:  # read when huggingface_hub is first imported: set before that
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()  # "Loading weights", drawn by transformers itself
 
 
 @contextmanager
