@@ -279,7 +279,7 @@ def test_all_groups_equal_after_the_bound_is_a_logged_clean_skip(tmp_path, capsy
     # no optimizer step: the adapter is still PEFT's initial one (B = 0)
     weights = load_file(out / "checkpoints" / "epoch-0001" / "adapter_model.safetensors")
     assert all(float(v.abs().max()) == 0 for k, v in weights.items() if "lora_B" in k)
-    assert [r["phase"] for r in rows][-2:] == ["grpo", "eval"]
+    assert [r["phase"] for r in rows][-3:] == ["grpo", "eval", "test"]  # test: once, at the end
 
 
 # ---- several rounds per phase, several passes per round
