@@ -92,11 +92,8 @@ def load_trained_policy(
 
     Returns ``(policy, checkpoint_dir)``. Autocast is off: the weights stay fp32 as trained.
     """
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
-
     from asrl.config import config_from_dict
-    from asrl.models import load_policy
+    from asrl.models import load_lora_weights, load_policy
 
     run_dir = Path(run_dir)
     ckpt = (
@@ -109,10 +106,7 @@ def load_trained_policy(
     cfg.model.device = device
     cfg.model.autocast = "none"
     policy = load_policy(cfg.model, seed=cfg.seed)
-    weights = load_file(ckpt / ADAPTER_WEIGHTS, device=str(policy.device))
-    result = set_peft_model_state_dict(policy.model, weights)
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing_lora = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+    unexpected, missing_lora = load_lora_weights(policy.model, ckpt / ADAPTER_WEIGHTS)
     if unexpected or missing_lora:
         raise ExportError(
             f"{ckpt / ADAPTER_WEIGHTS} does not match the model in {run_dir / 'config.json'} "

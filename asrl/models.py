@@ -295,6 +295,23 @@ class Policy:
             self.model.unmerge_adapter()
 
 
+def load_lora_weights(model: torch.nn.Module, path: Path) -> tuple[list[str], list[str]]:
+    """Copy a saved LoRA state dict (safetensors) into ``model``'s PEFT adapter.
+
+    Returns ``(unexpected, missing)``: keys in the file the model has no place for, and the
+    model's LoRA keys the file lacks; both empty when the adapter fits. A tensor of the wrong
+    shape (another base model's widths) raises torch's ``RuntimeError``.
+    """
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    result = set_peft_model_state_dict(model, load_file(path, device=str(device)))
+    unexpected = list(getattr(result, "unexpected_keys", []) or [])
+    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
+    return unexpected, missing
+
+
 def load_policy(cfg: ModelConfig | str, seed: int = 0) -> Policy:
     """Load base model + tokenizer and wrap the model with a fresh LoRA adapter (PEFT)."""
     if isinstance(cfg, str):

@@ -210,19 +210,15 @@ def check_compatible(src: StartAdapter, model: ModelConfig, seed: int) -> None:
 
 def load_adapter(policy: Any, src: StartAdapter) -> None:
     """Copy the adapter's weights into ``policy``'s fresh LoRA (before any sharding)."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from asrl.models import load_lora_weights
 
-    weights = load_file(src.weights, device=str(policy.device))
     try:
-        result = set_peft_model_state_dict(policy.model, weights)
+        unexpected, missing = load_lora_weights(policy.model, src.weights)
     except RuntimeError as e:  # a shape mismatch: another base model's widths
         first = str(e).strip().splitlines()
         raise ConfigError(
             f"{KEY}: {src.weights} does not fit this model ({first[-1] if first else e})"
         ) from e
-    unexpected = list(getattr(result, "unexpected_keys", []) or [])
-    missing = [k for k in getattr(result, "missing_keys", []) or [] if "lora_" in k]
     if unexpected or missing:
         raise ConfigError(
             f"{KEY}: {src.weights} does not match this model's LoRA layers (unexpected: "
