@@ -68,15 +68,22 @@ def load_base(name: str, seed: int = 0):
 
 
 def run_child(script: str, worker: str, argv: list[str]) -> dict[str, Any]:
-    """Run ``script --worker WORKER ARGV...`` in a fresh interpreter; its ``RESULT {json}`` line."""
+    """Run ``script --worker WORKER ARGV...`` in a fresh interpreter; its ``RESULT {json}`` line.
+
+    The child's stderr (its progress lines, and any traceback) goes straight to ours, so a
+    long run shows where it is; its stdout is read for the result."""
     cmd = [sys.executable, script, "--worker", worker, *argv]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
         sys.stderr.write(proc.stdout[-2000:])
-        sys.stderr.write(proc.stderr[-4000:])
         raise SystemExit(f"{worker} failed (rc {proc.returncode})")
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def progress(line: str) -> None:
+    """One progress line from a worker, on stderr (``run_child`` passes it through)."""
+    print(line, file=sys.stderr, flush=True)
 
 
 def print_result(res: dict[str, Any]) -> None:

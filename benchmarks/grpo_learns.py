@@ -41,7 +41,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import load_base, print_result, resolve_precision, run_child, trl_common_args
+from _common import (
+    load_base,
+    print_result,
+    progress,
+    resolve_precision,
+    run_child,
+    trl_common_args,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 SIDES = ("asrl", "trl")
@@ -120,6 +127,18 @@ def finite_or_none(x: Any) -> Any:
     if isinstance(x, list | tuple):
         return [finite_or_none(v) for v in x]
     return x
+
+
+def step_line(side: str, seed: int, step: dict[str, Any], of: int) -> str:
+    """``asrl s0 step  3/30: reward 0.412, 71s``: one worker's progress after a step."""
+    return f"{side} s{seed} step {step['step']:>2}/{of}: reward {step['reward']:.3f}, {step['seconds']:.0f}s"
+
+
+def eval_line(side: str, seed: int, ev: dict[str, Any]) -> str:
+    return (
+        f"{side} s{seed} eval at step {ev['step']}: correct {100 * ev['correctness']:.1f}% "
+        f"(n = {ev['n']}), format {100 * ev['format_accuracy']:.1f}%"
+    )
 
 
 def eval_due(step: int, every: int, last: int) -> bool:
@@ -383,8 +402,10 @@ def asrl_worker(a: argparse.Namespace) -> dict[str, Any]:
                 "questions": sorted(ex.id for ex in questions),
             }
         )
+        progress(step_line("asrl", a.seed, steps[-1], len(plan)))
         if eval_due(k, a.eval_every, len(plan)):
             evals.append({"step": k, "seconds": grpo_s, **evaluator(policy.model)})
+            progress(eval_line("asrl", a.seed, evals[-1]))
     return {
         "side": "asrl",
         "seed": a.seed,
@@ -460,10 +481,12 @@ def trl_worker(a: argparse.Namespace) -> dict[str, Any]:
                     "questions": sorted(set(call["ids"])),
                 }
             )
+            progress(step_line("trl", a.seed, steps[-1], len(plan)))
             if eval_due(k, a.eval_every, len(plan)):
                 t = time.perf_counter()
                 evals.append({"step": k, "seconds": grpo_s, **evaluator(model)})
                 clock["eval_s"] += time.perf_counter() - t
+                progress(eval_line("trl", a.seed, evals[-1]))
 
     with tempfile.TemporaryDirectory() as out:
         args = GRPOConfig(
@@ -821,6 +844,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, help="GRPO steps (optimizer steps) per run [30]")
     ap.add_argument("--seeds", type=int, help="seeds per side [3]")
+    ap.add_argument(
+        "--first-seed",
+        type=int,
+        default=0,
+        help="seeds run are FIRST..FIRST+SEEDS-1, so a run can add seeds to another [0]",
+    )
     ap.add_argument("--questions", type=int, help="questions per step [config: 8]")
     ap.add_argument("--generations", type=int, help="completions per question, G [config: 6]")
     ap.add_argument("--new-tokens", type=int, help="max new tokens per completion [config: 64]")
@@ -886,7 +915,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"start adapter {a.adapter}: held-out correctness {pct:.1f}% (n = {start['n']})")
 
     runs: list[dict] = []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         rng = random.Random(f"grpo_learns:{seed}")  # the seed's questions, for both sides
         steps = [
             sorted(ex.id for ex in rng.sample(splits["train"], a.questions)) for _ in range(a.steps)
