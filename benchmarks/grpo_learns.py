@@ -338,6 +338,12 @@ class Evaluator:
             "reward": m["eval/reward_mean"],
             "n": int(m["eval/n"]),
             "eval_s": time.perf_counter() - t,
+            # per record type (the generator's simple / mixed / complex / multi_turn)
+            "by_type": {
+                k.removeprefix("eval/correctness/"): v
+                for k, v in m.items()
+                if k.startswith("eval/correctness/")
+            },
         }
 
 
@@ -399,6 +405,12 @@ def asrl_worker(a: argparse.Namespace) -> dict[str, Any]:
                 "seconds": grpo_s,
                 "reward": res.metrics["train/reward_mean"],
                 "completion_len": res.metrics["train/completion_len"],
+                # why a step moved the policy as much as it did (TRL's side has no such record)
+                **{
+                    k: res.metrics.get(f"train/{k}")
+                    for k in ("frac_zero_std_groups", "clipped_ratio", "entropy", "clip_ratio")
+                },
+                "grad_norm": res.metrics.get("train/grpo_grad_norm"),
                 "questions": sorted(ex.id for ex in questions),
             }
         )
