@@ -131,10 +131,14 @@ def finite_or_none(x: Any) -> Any:
 
 def step_line(side: str, seed: int, step: dict[str, Any], of: int) -> str:
     """``asrl s0 step  3/30: reward 0.412, 71s``: one worker's progress after a step."""
-    return f"{side} s{seed} step {step['step']:>2}/{of}: reward {step['reward']:.3f}, {step['seconds']:.0f}s"
+    return (
+        f"{side} s{seed} step {step['step']:>2}/{of}: "
+        f"reward {step['reward']:.3f}, {step['seconds']:.0f}s"
+    )
 
 
 def eval_line(side: str, seed: int, ev: dict[str, Any]) -> str:
+    """``asrl s0 eval at step 15: correct 53.3% (n = 60), format 98.0%``."""
     return (
         f"{side} s{seed} eval at step {ev['step']}: correct {100 * ev['correctness']:.1f}% "
         f"(n = {ev['n']}), format {100 * ev['format_accuracy']:.1f}%"

@@ -195,3 +195,27 @@ def test_mismatches_and_bad_paths_are_config_errors_naming_both_sides(source, tm
     export_run(run_dir, merged, merged=True)
     _expect(tmp_path, r"is a merged model.*model\.name=", f"model.adapter={merged}")
     _expect(tmp_path, r"holds neither", f"model.adapter={tmp_path}")
+
+
+def test_weights_that_do_not_fit_the_config_are_config_errors(source, tmp_path):
+    """Config-level checks pass (the adapter_config.json is intact) but the weights file was
+    altered: a missing LoRA tensor and a tensor of another width are each refused by name."""
+    from safetensors.torch import save_file
+
+    _, export_dir, _ = source
+    weights = load_file(export_dir / "adapter_model.safetensors")
+    lora_b = sorted(k for k in weights if "lora_B" in k)[0]
+    lora_a = sorted(k for k in weights if "lora_A" in k)[0]
+    for name, altered, match in (
+        ("missing", {k: v for k, v in weights.items() if k != lora_b}, "does not match"),
+        (
+            "wider",
+            {**weights, lora_a: torch.zeros(weights[lora_a].shape[0], 3)},
+            "does not fit this model",
+        ),
+    ):
+        bad = tmp_path / name
+        shutil.copytree(export_dir, bad)
+        save_file(altered, bad / "adapter_model.safetensors")
+        with pytest.raises(ConfigError, match=rf"model\.adapter: .*{match}"):
+            train(new_cfg(tmp_path / f"run-{name}", tmp_path / "d.jsonl", f"model.adapter={bad}"))
