@@ -1,13 +1,14 @@
 # Two commands do everything on a fresh machine with Python 3.11:
 #   make demo   -- set up, then train the embedded SmolLM2-135M with ASRL on CPU
 #   make test   -- set up, then run the test suite (includes one short real-model run)
+#   make test-fast -- the unit tier only (tests/unit, under a minute): while changing code
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.asrl-installed
 OUT ?= runs/demo
 
-.PHONY: setup demo test lint format clean
+.PHONY: setup demo test test-fast lint format clean
 
 setup: $(STAMP)
 
@@ -29,8 +30,13 @@ demo: setup
 	  echo "make demo: the finished demo before this one is now in $$old"; fi
 	$(BIN)/asrl train -c configs/demo.yaml -o $(OUT) $$(test -f $(OUT)/metrics.jsonl && echo --resume)
 
+# everything: tests/unit, tests/integration (tiny random models, real subprocesses, SQLite,
+# accelerate), tests/external (the real TRL, the embedded model, real trackers and servers)
 test: setup
 	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q tests/unit
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -21,11 +21,11 @@ __all__ = [
 
 def __getattr__(name: str):  # torch-heavy entry points load on first use
     if name == "train":
-        from asrl.loop import train
+        from asrl.train.loop import train
 
         return train
     if name == "load_policy":
-        from asrl.models import load_policy
+        from asrl.model.loading import load_policy
 
         return load_policy
     raise AttributeError(name)

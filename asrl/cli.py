@@ -7,10 +7,11 @@ import logging
 import shlex
 import sys
 
-from asrl import export, plots, quiet
+from asrl import quiet
+from asrl.analysis import compare, plots
 from asrl.config import ConfigError, load_config
 from asrl.data import commands as data_commands
-from asrl.experiments import compare
+from asrl.model import export
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -18,10 +19,8 @@ def _train(args: argparse.Namespace) -> int:
     if args.output:
         overrides.append(f"output_dir={args.output}")
     cfg = load_config(args.config, overrides)
-    from asrl.interrupt import Interrupted
-    from asrl.loop import train  # heavy imports (torch, transformers) only once args are valid
-    from asrl.phases.common import TrainingDiverged
-    from asrl.rewards import RewardError
+    from asrl.errors import Interrupted, RewardError, TrainingDiverged
+    from asrl.train.loop import train  # heavy imports (torch, transformers) once args are valid
 
     again = shlex.join(
         ["asrl", "train", "-c", args.config, "-o", cfg.output_dir]
@@ -31,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
     try:
         train(cfg, resume=args.resume)
     except Interrupted as e:
-        from asrl import distributed
+        from asrl.parallel import distributed
 
         if distributed.current().is_main:  # one hint, not one per process
             print(f"asrl: interrupted ({e}); resume with: {again}", file=sys.stderr)

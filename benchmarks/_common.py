@@ -27,7 +27,7 @@ def resolve_precision(precision: str) -> str:
         return precision
     import torch
 
-    from asrl.models import pick_autocast
+    from asrl.model.loading import pick_autocast
 
     return "bf16" if pick_autocast("auto", torch.device("cpu")) == torch.bfloat16 else "fp32"
 
@@ -56,7 +56,7 @@ def load_base(name: str, seed: int = 0):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from asrl.models import TINY_MODELS, _tiny_model, load_tokenizer, resolve_model_path
+    from asrl.model.loading import TINY_MODELS, _tiny_model, load_tokenizer, resolve_model_path
 
     tok = load_tokenizer(name)
     if name in TINY_MODELS:

@@ -21,8 +21,8 @@ from asrl.config import ModelConfig
 from asrl.data.records import parse_record
 from asrl.data.render import collate, prompt_ids, tokenize_all
 from asrl.data.synthetic import generate_records
-from asrl.generation import generate
-from asrl.models import Policy, load_policy
+from asrl.model.generation import generate
+from asrl.model.loading import Policy, load_policy
 from asrl.phases.sft import _forward_loss, sft_loss
 
 

@@ -25,8 +25,8 @@ import torch.distributed as dist
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import fully_shard
 
-from asrl.generation import generate
-from asrl.models import load_policy
+from asrl.model.generation import generate
+from asrl.model.loading import load_policy
 
 MODEL = next((a for a in sys.argv[1:] if not a.startswith("--")), "tiny-random-llama")
 dist.init_process_group("gloo", timeout=datetime.timedelta(seconds=30))
@@ -52,7 +52,7 @@ def check(name: str, fn) -> None:
 
 def decode(policy, prompts, merge: bool, n: int = 8) -> list[list[int]]:
     """Our decode loop; once sharded under no_grad (inference_mode breaks FSDP2's next
-    backward). Not through asrl.distributed: each process decodes alone (see --uneven)."""
+    backward). Not through asrl.parallel.distributed: each process decodes alone (see --uneven)."""
     policy.merge_for_generation = merge
     return generate(policy, prompts, max_new_tokens=n, greedy=True)
 

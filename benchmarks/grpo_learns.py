@@ -286,8 +286,8 @@ def copy_adapter(src, dst) -> None:
 def load_start_policy(a: argparse.Namespace):
     """asrl's Policy on the start adapter, at the benchmark's precision, on the CPU."""
     from asrl.config import ModelConfig
-    from asrl.models import load_policy
-    from asrl.start import check_compatible, load_adapter, resolve_adapter
+    from asrl.model.adapter import check_compatible, load_adapter, resolve_adapter
+    from asrl.model.loading import load_policy
 
     mc = ModelConfig(
         name=a.model,
@@ -312,7 +312,7 @@ class Evaluator:
     """
 
     def __init__(self, a: argparse.Namespace, cfg, val: list) -> None:
-        from asrl.rewards import RewardSet
+        from asrl.rewards.builtin import RewardSet
 
         self.policy = load_start_policy(a)
         self.cfg, self.val = cfg, val
@@ -322,7 +322,7 @@ class Evaluator:
         self.rewards = RewardSet.from_config(cfg.reward, cfg.format.spec())
 
     def __call__(self, model=None) -> dict[str, float]:
-        from asrl.evaluation import evaluate
+        from asrl.train.evaluation import evaluate
 
         if model is not None:
             copy_adapter(model, self.policy.model)
@@ -373,9 +373,9 @@ def _fingerprint(state: dict) -> float:
 def asrl_worker(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    from asrl.loop import derived_seed, seed_everything
     from asrl.phases.grpo import run_grpo_phase
-    from asrl.rewards import RewardSet
+    from asrl.rewards.builtin import RewardSet
+    from asrl.train.state import derived_seed, seed_everything
 
     cfg = run_config(a)
     splits = load_splits(cfg)
@@ -443,7 +443,7 @@ def trl_worker(a: argparse.Namespace) -> dict[str, Any]:
     from trl import GRPOConfig, GRPOTrainer
 
     from asrl.data.render import chat_messages, prompt_ids
-    from asrl.rewards import RewardSet
+    from asrl.rewards.builtin import RewardSet
 
     cfg = run_config(a)
     splits = load_splits(cfg)

@@ -57,7 +57,7 @@ def _examples(n: int, seed: int):
 
 def _asrl_policy(a):
     from asrl.config import ModelConfig
-    from asrl.models import load_policy
+    from asrl.model.loading import load_policy
 
     return load_policy(
         ModelConfig(name=a.model, autocast="bf16" if a.precision == "bf16" else "none")
@@ -85,7 +85,7 @@ def asrl_sft(a) -> dict:
 def asrl_grpo(a) -> dict:
     from asrl.config import FormatConfig, GRPOConfig, RewardConfig
     from asrl.phases.grpo import run_grpo_phase
-    from asrl.rewards import RewardSet
+    from asrl.rewards.builtin import RewardSet
 
     policy = _asrl_policy(a)
     cfg = GRPOConfig(
@@ -156,7 +156,7 @@ def trl_grpo(a) -> dict:
 
     from asrl.config import FormatConfig
     from asrl.data.render import chat_messages
-    from asrl.rewards import make_correctness_reward, make_format_reward
+    from asrl.rewards.builtin import make_correctness_reward, make_format_reward
 
     model, tok, lora = _trl_model(a)
     fmt = FormatConfig().spec()

@@ -8,16 +8,14 @@ either nothing or whole records, and two writers never interleave their lines.
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
-import os
 import re
 import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable
+from contextlib import suppress
 from pathlib import Path
 from typing import Any
 
@@ -31,50 +29,15 @@ from asrl.data.records import (
     parse_line,
     rejection_reason,
 )
-from asrl.data.sources import JsonlFile, RawRecord, Source, open_source
+from asrl.data.source_base import RawRecord, Source
+from asrl.data.sources import JsonlFile, open_source
 from asrl.data.synthetic import MIXES, make_record
+from asrl.data.writer import append_lines, locked
 from asrl.types import Example
 
 GENERATE_BATCH = 10_000  # lines per write when generating without a rate
 _UNITS = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600}
 _UNITS |= {"hr": 3600, "hour": 3600}
-
-
-# ---------------------------------------------------------------------------------------
-# files, locks, appends
-
-
-@contextmanager
-def locked(dataset: Path) -> Iterator[None]:
-    """Hold the dataset's writer lock (a separate file: the dataset itself may be replaced)."""
-    dataset.parent.mkdir(parents=True, exist_ok=True)
-    with open(dataset.with_name(dataset.name + ".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
-def append_lines(dataset: Path, lines: list[bytes], sync: bool = True) -> None:
-    """Append complete lines in one write. The caller holds :func:`locked`."""
-    if not lines:
-        return
-    payload = b"".join(line + b"\n" for line in lines)
-    fd = os.open(dataset, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        size = os.fstat(fd).st_size
-        if size and os.pread(fd, 1, size - 1) != b"\n":
-            # a line left unfinished by a crashed (or non-locking) writer: end it, so it is
-            # one bad record instead of corrupting our first one
-            payload = b"\n" + payload
-        view = memoryview(payload)
-        while view:  # one write() for regular files in practice; loop in case it is short
-            view = view[os.write(fd, view) :]
-        if sync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_records(path: Path, max_line_bytes: int = MAX_LINE_BYTES) -> JsonlFile:

@@ -26,9 +26,9 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from asrl.config import ConfigError
 from asrl.data.format import ThinkingFormat
-from asrl.data.sources import CounterCursor, RawRecord
+from asrl.data.source_base import CounterCursor, RawRecord
+from asrl.errors import ConfigError
 
 if TYPE_CHECKING:
     from asrl.config import ReasoningGymConfig

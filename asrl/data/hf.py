@@ -15,8 +15,8 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from asrl.config import ConfigError
-from asrl.data.sources import CounterCursor, RawRecord
+from asrl.data.source_base import CounterCursor, RawRecord
+from asrl.errors import ConfigError
 
 if TYPE_CHECKING:
     from asrl.config import DataConfig

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from asrl.data.records import MAX_CHARS, SPLITS, check_length, rejection_reason, split_of
-from asrl.data.sources import RawRecord, Source
+from asrl.data.source_base import RawRecord, Source
 from asrl.types import Example
 
 MAX_REPORTED = 100  # rejects listed in a RefreshResult; the quarantine file has them all
@@ -40,7 +40,7 @@ class RefreshResult:
     new_by_split: dict[str, int] | None = None
     rejects: list[tuple[str, str]] = field(default_factory=list)  # (where, reason), first few
     # (split, example) of every new record, when refresh(keep_added=True): what the main
-    # process hands to the others in a multi-process run (asrl.distributed)
+    # process hands to the others in a multi-process run (asrl.parallel.distributed)
     added: list[tuple[str, Example]] = field(default_factory=list)
 
 

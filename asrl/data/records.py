@@ -1,6 +1,6 @@
 """One record schema for every source: parse, validate and identify a record.
 
-Accepted shapes (the contract in DESIGN.md):
+Accepted shapes (the data contract, written out in docs/data.md):
 
 * ``{"id"?, "prompt": str, "response": str, "answer"?, "type"?}``
 * ``{"id"?, "messages": [...], "response": str, ...}`` — messages before the reply
@@ -17,6 +17,7 @@ import re
 import sys
 from typing import Any
 
+from asrl.errors import RecordError
 from asrl.types import Example
 
 ROLES = ("system", "user", "assistant", "tool")
@@ -28,10 +29,6 @@ MAX_LINE_BYTES = 1 << 20
 MAX_DEPTH = 64  # JSON nesting levels ([ and {): a record needs 3, json.loads recurses on each
 BOM = b"\xef\xbb\xbf"  # UTF-8 byte order mark, as Windows editors save it: accepted at offset 0
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")  # \ud800-\udfff: maybe a lone half
-
-
-class RecordError(ValueError):
-    """A record that cannot be used; the message is the quarantine reason."""
 
 
 def _unicode(text: str, field: str) -> str:

@@ -7,71 +7,31 @@ the same record schema (:mod:`asrl.data.records`).
 
 from __future__ import annotations
 
-import json
-import os
-import random
 import re
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote
 
 from asrl.data.format import ThinkingFormat
-from asrl.data.records import BOM, MAX_LINE_BYTES, RecordError, is_blank, parse_line, parse_row
-from asrl.data.synthetic import generate_records
-from asrl.types import Example
+from asrl.data.records import BOM, MAX_LINE_BYTES, is_blank
+from asrl.data.source_base import PREVIEW_BYTES, CounterCursor, RawRecord, Source
 
 if TYPE_CHECKING:
     from asrl.config import DataConfig
 
+
 READ_CHUNK = 1 << 22  # bytes per read: a 200 MB file is never held in memory at once
+
+
 SQL_BATCH = 2000  # rows per query: each query is a short read, so writers are never starved
+
+
 SQL_COLUMNS = ("id", "prompt", "messages", "response", "completion", "answer", "type")
+
+
 SQLITE_SUFFIXES = (".db", ".sqlite", ".sqlite3")
-PREVIEW_BYTES = 4096  # of an over-long line: what the quarantine file shows
-
-
-@dataclass(frozen=True)
-class RawRecord:
-    """One record as a source found it, before validation.
-
-    ``data`` is a JSONL line (bytes, without its newline) or a database row (column -> value);
-    both are parsed into the one schema by :meth:`parse`.
-    """
-
-    data: bytes | dict[str, Any]
-    where: str  # "file.jsonl:12" (line number) or "file.db:rowid 7", for error reports
-    error: str | None = None  # a generator that failed on this item: the quarantine reason
-
-    def parse(self) -> Example:
-        if self.error is not None:
-            raise RecordError(self.error)
-        return parse_line(self.data) if isinstance(self.data, bytes) else parse_row(self.data)
-
-    def preview(self, limit: int = PREVIEW_BYTES) -> str:
-        """The raw record as text, for the quarantine file (whatever the record holds)."""
-        if isinstance(self.data, bytes):
-            return self.data[:limit].decode("utf-8", errors="replace")
-        row = {
-            k: v.decode("utf-8", "replace") if isinstance(v, bytes) else v
-            for k, v in self.data.items()
-        }
-        try:
-            text = json.dumps(row, ensure_ascii=False, default=repr)
-        except Exception as e:  # nested too deep to print, say: the reason tells the rest
-            text = f"<row not printable: {type(e).__name__}>"
-        return text[:limit].encode("utf-8", "replace").decode("utf-8")  # lone surrogates: ?
-
-
-class Source(Protocol):
-    name: str  # key of this source's cursor in checkpoints
-
-    def poll(self) -> Iterator[RawRecord]: ...
-    def state(self) -> dict[str, Any]: ...
-    def restore(self, state: dict[str, Any]) -> None: ...
-    def restore_until(self, state: dict[str, Any]) -> None: ...
 
 
 def scan_lines(
@@ -237,25 +197,6 @@ class JsonlDir:
         self.only = set(self.files)
 
 
-class CounterCursor:
-    """State for a source whose position is one integer, the attribute named ``cursor``
-    (a row id, a row count, an item index); ``limit`` caps a replay (``restore_until``)."""
-
-    cursor: str
-    limit: int | None
-
-    def state(self) -> dict[str, Any]:
-        return {self.cursor: getattr(self, self.cursor)}
-
-    def restore(self, state: dict[str, Any]) -> None:
-        setattr(self, self.cursor, int(state[self.cursor]))
-
-    def restore_until(self, state: dict[str, Any]) -> None:
-        """Replay from the start up to a saved cursor (see JsonlFile.restore_until)."""
-        setattr(self, self.cursor, 0)
-        self.limit = int(state[self.cursor])
-
-
 class SqliteTable(CounterCursor):
     """A SQLite table read incrementally by rowid (rows are appended, not edited).
 
@@ -350,17 +291,3 @@ def open_source(
     if p.suffix.lower() in SQLITE_SUFFIXES:
         return SqliteTable(p)
     return JsonlFile(p, cap)
-
-
-def write_synthetic(path: str | Path, count: int, seed: int, mix: str, fmt: ThinkingFormat) -> int:
-    """Write ``count`` synthetic records to a new JSONL file (atomically); returns the count."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{random.getrandbits(32):08x}.tmp")
-    with tmp.open("w", encoding="utf-8") as f:
-        for rec in generate_records(count, seed=seed, fmt=fmt, mix=mix):
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
-    return count

@@ -10,18 +10,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from asrl import distributed
 from asrl.config import SFTConfig
 from asrl.data.render import IGNORE, Tokenized, collate, tokenize_all
-from asrl.models import Policy
-from asrl.numerics import upcast
-from asrl.phases.common import (
-    backward,
-    clip_and_step,
-    finite_mean,
-    length_grouped_batches,
-    set_lr,
-)
+from asrl.model.loading import Policy
+from asrl.model.numerics import upcast
+from asrl.parallel import distributed, zero
+from asrl.phases.common import backward, clip_and_step, finite_mean, length_grouped_batches, set_lr
 from asrl.types import Example, PhaseResult
 
 
@@ -191,3 +185,43 @@ def run_sft_phase(
         seconds=seconds,
         steps=len(windows),
     )
+
+
+def sft_grad_norm_probe(
+    policy: Policy,
+    train: list[Example],
+    batch_size: int,
+    max_length: int,
+    rng: random.Random,
+    system_prompt: str | None = None,
+) -> tuple[float, int]:
+    """Gradient norm of the SFT loss on one random train batch, without stepping.
+
+    Returns (norm, tokens processed). Gradients are cleared before and after.
+    """
+    chosen = rng.sample(train, min(batch_size, len(train)))
+    params = policy.trainable_parameters()
+    for p in params:
+        p.grad = None
+    was_training = policy.model.training
+    policy.model.train()
+    loss, _, tokens = examples_loss(policy, chosen, max_length, system_prompt)
+    if loss is None:
+        policy.model.train(was_training)
+        return float("nan"), 0
+    d = distributed.current()
+    if zero.current() is None:
+        loss.backward()
+        d.all_reduce_grads(params)  # several processes: the batch's gradient
+        grads = [p.grad for p in params if p.grad is not None]
+    else:  # DeepSpeed's engine owns .grad (and reduces it into its partitions): aside
+        mine = torch.autograd.grad(loss, params, allow_unused=True)
+        grads = d.sum_tensors(
+            [torch.zeros_like(p) if g is None else g for g, p in zip(mine, params)]
+        )
+    # sharded gradients (DTensors) give a DTensor norm over the whole gradient: gathered
+    norm = float(distributed.full_tensor(torch.nn.utils.get_total_norm(grads))) if grads else 0.0
+    for p in params:
+        p.grad = None
+    policy.model.train(was_training)
+    return norm, tokens

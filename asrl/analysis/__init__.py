@@ -1,0 +1,1 @@
+"""Reading finished runs: asrl compare, its report, and the plots."""

@@ -1,0 +1,1 @@
+"""The model side: loading (LoRA, precision), generation, fused kernels, adapter starts, export."""

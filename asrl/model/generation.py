@@ -1,0 +1,183 @@
+"""Rollout backend: a KV-cached decoding loop with the LoRA merged in.
+
+Why not ``model.generate``: a GRPO round samples G completions of each prompt, and on a CPU
+two things dominated transformers' generate there (measured, docs/PERFORMANCE.md):
+
+* the prefill ran every prompt G times: here each distinct prompt is prefilled once and its
+  KV cache copied to its G rows;
+* top-p sorted the whole vocabulary for every row at every step, and multinomial sampled
+  over all of it: here ``sample_top_p`` finds the nucleus among the top 1024 tokens (exact:
+  it falls back to a full sort for a row whose top 1024 hold less than ``top_p``), and
+  samples within it. The distribution is transformers' (TopPLogitsWarper), tested.
+
+Merged weights make every decoding step one matmul per projection instead of three (base,
+A, B). Sampling is seeded, so runs reproduce.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from asrl.errors import TrainingDiverged
+from asrl.model.cache import cache_kwargs, kv_cache
+from asrl.model.loading import Policy
+from asrl.model.numerics import upcast
+from asrl.parallel import distributed
+
+NUCLEUS_CANDIDATES = 1024  # tokens searched for the nucleus before falling back to a sort
+
+
+def top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Mask (B, V) of the tokens transformers' TopPLogitsWarper keeps (reference version).
+
+    A token is kept when the probability mass strictly above it (in descending order) is
+    below ``top_p``; the most likely token is always kept.
+    """
+    sorted_scores, order = torch.sort(scores, descending=True)
+    probs = sorted_scores.softmax(-1)
+    above = probs.cumsum(-1) - probs  # mass strictly above each token
+    keep_sorted = above < top_p
+    keep_sorted[:, 0] = True
+    return torch.zeros_like(keep_sorted).scatter(-1, order, keep_sorted)
+
+
+def sample_top_p(
+    scores: torch.Tensor, top_p: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """One token per row from softmax(scores) restricted to the top-p nucleus. (B, V) -> (B,)."""
+    if top_p >= 1.0:
+        return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
+    k = min(NUCLEUS_CANDIDATES, scores.size(-1))
+    top, idx = scores.topk(k, dim=-1)  # (B, k), descending
+    probs = (top - scores.logsumexp(-1, keepdim=True)).exp()  # true probabilities
+    above = probs.cumsum(-1) - probs
+    keep = above < top_p
+    keep[:, 0] = True
+    covered = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
+    out = torch.empty(scores.size(0), dtype=torch.long, device=scores.device)
+    if covered.any():
+        w = torch.where(keep[covered], probs[covered], torch.zeros_like(probs[covered]))
+        pick = torch.multinomial(w, 1, generator=generator).squeeze(-1)
+        out[covered] = idx[covered].gather(-1, pick[:, None]).squeeze(-1)
+    if not covered.all():  # a flat distribution: the exact, slow way for those rows
+        rest = scores[~covered]
+        masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
+        out[~covered] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
+    return out
+
+
+def generate(
+    policy: Policy,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    greedy: bool = False,
+    seed: int = 0,
+    batch_size: int | None = None,
+) -> list[list[int]]:
+    """Complete each prompt; returns the new token ids, cut after the first end-of-turn.
+
+    The end-of-turn token is kept (the policy is trained to emit it); a completion that hit
+    ``max_new_tokens`` has none. Rows with the same prompt share one prefill.
+
+    Sharded (FSDP), every process must call this, each with its own prompts (maybe none):
+    they decode the same number of batches and steps, each until every process is done.
+    """
+    d = distributed.current() if policy.sharded else distributed.Dist()
+    batch_size = batch_size or max(len(prompts), 1)
+    chunks = d.padded_chunks(prompts, batch_size)  # sharded: as many on every process
+    out: list[list[int]] = []
+    if not chunks:
+        return out
+    was_training = policy.model.training
+    policy.model.eval()
+    gen = torch.Generator(device=policy.device).manual_seed(seed)
+    with policy.no_grad(), policy.merged(), policy.autocast():
+        for chunk in chunks:
+            out += _decode(policy, chunk, max_new_tokens, temperature, top_p, greedy, gen, d)
+    policy.model.train(was_training)
+    return out
+
+
+def _decode(
+    policy: Policy,
+    prompts: list[list[int]],
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    gen: torch.Generator,
+    d: distributed.Dist,
+) -> list[list[int]]:
+    """One batch. Sharded, ``d`` keeps the processes in step: a process with no prompts
+    decodes a dummy row, and one whose rows are all done feeds padding (no sampling, so its
+    random stream is what one process would use) until every process is done."""
+    tok, model, dev = policy.tokenizer, policy.model, policy.device
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    dummy = not prompts
+    prompts = prompts or [[pad]]
+    distinct: dict[tuple[int, ...], int] = {}
+    rows = torch.tensor([distinct.setdefault(tuple(p), len(distinct)) for p in prompts])
+    unique = list(distinct)
+    width = max(len(p) for p in unique)
+    ids = torch.full((len(unique), width), pad, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    for i, p in enumerate(unique):  # left padding: every row ends at the same place
+        ids[i, width - len(p) :] = torch.tensor(p)
+        attn[i, width - len(p) :] = 1
+    ids, attn, rows = ids.to(dev), attn.to(dev), rows.to(dev)
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)
+    res = model(
+        input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True, logits_to_keep=1
+    )
+    cache = kv_cache(res)
+    if len(unique) < len(prompts):
+        cache.batch_select_indices(rows)  # each row its own copy of its prompt's cache
+    logits, attn, last = res.logits[rows, -1], attn[rows], pos[rows, -1]
+    done = torch.full((len(prompts),), dummy, dtype=torch.bool, device=dev)
+    steps: list[torch.Tensor] = []
+    for t in range(max_new_tokens):
+        if done.all():  # only sharded: waiting for the other processes, in step with them
+            nxt = torch.full_like(done, pad, dtype=torch.long)
+        else:
+            nxt = _next_token(logits, temperature, top_p, greedy, gen)
+            nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
+            steps.append(nxt)
+            done |= nxt == eos
+        if d.all_done(bool(done.all())) or t + 1 == max_new_tokens:
+            break
+        attn = torch.cat([attn, torch.ones_like(attn[:, :1])], dim=1)
+        last = last + 1
+        res = model(
+            input_ids=nxt[:, None],
+            attention_mask=attn,
+            position_ids=last[:, None],
+            cache_position=torch.tensor([width + t], device=dev),
+            use_cache=True,
+            **cache_kwargs(model, cache),
+        )
+        cache, logits = kv_cache(res), res.logits[:, -1]
+    if dummy:
+        return []
+    out = []
+    for row in torch.stack(steps, dim=1).tolist() if steps else [[] for _ in prompts]:
+        if eos in row:
+            row = row[: row.index(eos) + 1]
+        out.append(row)
+    return out
+
+
+def _next_token(
+    logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, gen: torch.Generator
+) -> torch.Tensor:
+    """The next token of each row from the last position's logits. (B, V) -> (B,)."""
+    scores = upcast(logits)
+    if greedy:
+        return scores.argmax(-1)
+    if not torch.isfinite(scores).all():
+        raise TrainingDiverged(
+            "generation: the model's next-token probabilities are NaN/inf (the "
+            "weights have diverged); try a lower learning rate"
+        )
+    return sample_top_p(scores / temperature, top_p, gen)
