@@ -1,10 +1,11 @@
 """The GRPO phase: sample groups, score, group-normalise, clipped policy-gradient update.
 
-The maths (``group_advantages``, ``grpo_loss``) are pure functions matching TRL 1.x for the
-same ``loss_type``; ``run_grpo_phase`` wires them to rollouts and the optimizer.
+The maths (``group_advantages``, ``grpo_loss``) are pure functions in ``asrl.algo.grpo_loss``
+matching TRL 1.x for the same ``loss_type``; ``run_grpo_phase`` wires them to rollouts
+(``asrl.phases.rollouts``) and the optimizer (``asrl.phases.grpo_update``).
 
 A phase is ``rounds_per_phase`` rounds. A round draws ``questions_per_epoch`` questions
-(uniformly, or by their recent pass rate: ``choose_questions``, ``PassRates``), samples
+(uniformly, or by their recent pass rate: ``asrl.phases.selection``), samples
 ``num_generations`` completions of each and scores them; with ``filter_zero_std`` (DAPO's
 dynamic sampling) groups whose rewards are all equal are dropped and more questions are
 sampled, up to ``max_resample_rounds`` times; then ``grpo_update`` takes

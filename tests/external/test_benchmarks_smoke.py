@@ -27,7 +27,10 @@ def completion_chars(prompts, completions, **_):
 
 def test_grpo_learns_smoke_runs_both_sides_on_identical_work(tmp_path):
     work = tmp_path / "work"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), str(Path(__file__).resolve().parent)]),
+    }
     proc = subprocess.run(
         [
             sys.executable,
