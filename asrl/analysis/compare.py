@@ -231,7 +231,10 @@ def _compare(args: argparse.Namespace) -> int:
         if not args.time_budget >= 0:
             raise ConfigError(f"--time-budget: must be >= 0 seconds, got {args.time_budget}")
         overrides.append(f"schedule.time_budget_s={yaml_float(args.time_budget)}")
-    cfg = load_config(args.config, overrides)  # fail fast on a bad config or override
+    from asrl.preflight import preflight
+
+    # fail fast on a bad config or override, and on what it names (reward modules, extras)
+    cfg = preflight(load_config(args.config, overrides))
     args.time_budget_s = cfg.schedule.time_budget_s  # the budget every run has (report.md)
     if cfg.model.adapter:  # every run starts from it: check it once, before any starts
         from asrl.model.adapter import check_compatible, resolve_adapter
