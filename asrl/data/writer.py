@@ -55,11 +55,27 @@ def append_lines(dataset: Path, lines: list[bytes], sync: bool = True) -> None:
         os.close(fd)
 
 
-def append_records(dataset: Path, records: list[dict[str, Any]]) -> None:
-    """Append ``records`` as JSON lines, holding the writer lock."""
+def append_records(dataset: Path, records: list[dict[str, Any]], once: bool = False) -> bool:
+    """Append ``records`` as JSON lines, holding the writer lock; True if they were written.
+
+    ``once``: skip the append when the file already holds the first record's id (a resumed
+    run redoing the epoch that appended them); the check and the append share the lock, and
+    the file is read line by line, never whole.
+    """
     lines = [json.dumps(r, ensure_ascii=False).encode("utf-8") for r in records]
     with locked(dataset):
+        if once and records and _holds_id(dataset, records[0]["id"]):
+            return False
         append_lines(dataset, lines)
+    return True
+
+
+def _holds_id(dataset: Path, record_id: str) -> bool:
+    needle = json.dumps(record_id, ensure_ascii=False).encode("utf-8")
+    if not dataset.exists():
+        return False
+    with dataset.open("rb") as f:
+        return any(needle in line for line in f)
 
 
 def write_synthetic(path: str | Path, count: int, seed: int, mix: str, fmt: ThinkingFormat) -> int:

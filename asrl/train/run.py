@@ -115,10 +115,10 @@ class Run:
         if not isinstance(open_source(path, self.cfg.data), JsonlFile):
             raise ConfigError("data.inject: needs data.path to be a JSONL file")
         recs = generate_records(inj.count, seed=inj.seed, fmt=self.cfg.format.spec(), mix=inj.mix)
-        if recs and f'"{recs[0]["id"]}"' in path.read_text(encoding="utf-8"):
-            return  # already appended (a resumed run redoing this epoch)
-        append_records(path, recs)  # under the writer lock, as `asrl data add` writes
-        console(f"data: injected {len(recs)} '{inj.mix}' records (data.inject)")
+        # under the writer lock, as `asrl data add` writes; once: a resumed run redoing this
+        # epoch finds them there already
+        if append_records(path, recs, once=True):
+            console(f"data: injected {len(recs)} '{inj.mix}' records (data.inject)")
 
     def refresh_data(self, epoch: int) -> dict[str, Any]:
         d = distributed.current()

@@ -50,3 +50,14 @@ def test_a_new_synthetic_dataset_is_written_whole(tmp_path):
     append_records(dataset, [{"id": "extra", "prompt": "q", "response": "a"}])
     ids = [json.loads(line)["id"] for line in dataset.read_text().splitlines()]
     assert len(ids) == 6 and ids[-1] == "extra"
+
+
+def test_an_append_once_is_skipped_when_its_records_are_there(tmp_path):
+    dataset = tmp_path / "train.jsonl"
+    records = [{"id": f"inj-{i}", "prompt": "q", "response": "a"} for i in range(2)]
+    assert append_records(dataset, records, once=True) is True
+    append_records(dataset, [{"id": "other", "prompt": "q", "response": "a"}])
+    assert append_records(dataset, records, once=True) is False  # a resumed run's redo
+    assert append_records(dataset, records) is True  # without once: appended again
+    ids = [json.loads(line)["id"] for line in dataset.read_text().splitlines()]
+    assert ids == ["inj-0", "inj-1", "other", "inj-0", "inj-1"]
