@@ -32,7 +32,7 @@ def _train(args: argparse.Namespace) -> int:
     except Interrupted as e:
         from asrl.parallel import distributed
 
-        if distributed.current().is_main:  # one hint, not one per process
+        if distributed.launched_rank() == 0:  # one hint, not one per process
             print(f"asrl: interrupted ({e}); resume with: {again}", file=sys.stderr)
         return e.exit_code
     except TrainingDiverged as e:

@@ -189,6 +189,11 @@ def launched_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launched_rank() -> int:
+    """This process's rank as the launcher set it (0 when not launched); it outlives close()."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _env_flag(var: str) -> bool:
     return os.environ.get(var, "").lower() in ("1", "true", "yes")
 
@@ -230,6 +235,21 @@ def init() -> Dist:
         )
     _current = Dist(state.process_index, state.num_processes, sharded, zero_stage)
     return _current
+
+
+def close(clean: bool = True) -> None:
+    """Leave the process group: after a clean run every process first waits for the others,
+    then the group is destroyed. A process that exits with its group alive, while another
+    still works, can abort at interpreter exit: gloo's worker threads still hold work
+    objects whose tensors are freed after Python is torn down ("terminate called without an
+    active exception", SIGABRT; pytorch/pytorch#179291). A failed run skips the wait: the
+    other processes may be gone."""
+    global _current
+    if _current.active and torch.distributed.is_initialized():
+        if clean:
+            torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+    _current = Dist()
 
 
 def shard_model(model: torch.nn.Module) -> None:

@@ -79,21 +79,24 @@ def train(cfg: Config, resume: bool = False) -> dict[str, Any]:
     preflight(cfg)  # the checks that import or touch the disk: before the model loads
     d = distributed.init()  # joins the process group under `accelerate launch`, else no-op
     cfg.model.device = distributed.device_for(d, cfg.model.device)
-    with graceful_stop():
-        run, start_epoch = build_run(cfg, resume)
-        try:
-            return _train(run, start_epoch)
-        except (Interrupted, TrainingDiverged, RewardError) as e:
-            ckpt = latest_checkpoint(run.out / "checkpoints")
-            saved = (
-                f"the latest checkpoint is {ckpt}"
-                if ckpt
-                else "no phase had completed, so no checkpoint exists yet"
-            )
-            e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
-            raise
-        finally:
-            run.metrics.close(failed=sys.exc_info()[0] is not None)  # the exception in flight
+    try:
+        with graceful_stop():
+            run, start_epoch = build_run(cfg, resume)
+            try:
+                return _train(run, start_epoch)
+            except (Interrupted, TrainingDiverged, RewardError) as e:
+                ckpt = latest_checkpoint(run.out / "checkpoints")
+                saved = (
+                    f"the latest checkpoint is {ckpt}"
+                    if ckpt
+                    else "no phase had completed, so no checkpoint exists yet"
+                )
+                e.args = (f"{e.args[0] if e.args else type(e).__name__}; {saved}",)
+                raise
+            finally:
+                run.metrics.close(failed=sys.exc_info()[0] is not None)  # the exception in flight
+    finally:  # every process leaves the group together, after the main one has written all
+        distributed.close(clean=sys.exc_info()[0] is None)
 
 
 def _train(run: Run, start_epoch: int) -> dict[str, Any]:

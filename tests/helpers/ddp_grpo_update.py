@@ -55,3 +55,5 @@ full = gather_full(policy, {})[0] if policy.sharded else None  # sharded: all ga
 if d.is_main:
     policy.model.save_pretrained(out, state_dict=full)
     print("losses", stats.losses, "norms", stats.grad_norms, "tokens", stats.tokens)
+
+distributed.close()  # every process leaves the group together (see distributed.close)
