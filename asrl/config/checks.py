@@ -115,6 +115,9 @@ def validate(cfg: Config) -> None:
         "eval.test_max_examples",
         "must be >= 1 (or null: the same as eval.max_examples)",
     )
+    _require(cfg.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0: greedy)")
+    _require(0 < cfg.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
+    _require(cfg.eval.samples_per_example >= 1, "eval.samples_per_example", "must be >= 1")
     _require(
         cfg.schedule.time_budget_s is None or cfg.schedule.time_budget_s >= 0,
         "schedule.time_budget_s",

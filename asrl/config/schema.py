@@ -317,6 +317,13 @@ class EvalConfig:
     # stopping): at most this many examples, chosen as for eval.max_examples. None: the
     # same cap as eval.max_examples. It runs once, so it may afford more.
     test_max_examples: int | None = None
+    # Decoding. temperature 0: greedy (the default, the paper's metric). > 0: sampled at this
+    # temperature and top_p, samples_per_example completions per example (a fixed seed, so
+    # two adapters meet the same random stream), every metric but val_loss averaged over them.
+    # Sampled correctness is what GRPO's reward optimizes; greedy decoding can hide its gains.
+    temperature: float = 0.0
+    top_p: float = 1.0
+    samples_per_example: int = 1
 
 
 @dataclass

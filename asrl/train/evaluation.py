@@ -1,4 +1,5 @@
-"""Held-out evaluation: format accuracy, correctness, validation loss (greedy decoding).
+"""Held-out evaluation: format accuracy, correctness, validation loss (greedy decoding, or
+``eval.samples_per_example`` sampled completions per example at ``eval.temperature`` > 0).
 
 * ``eval/format_accuracy`` — the paper's check (every section tag opened and closed) over the
   held-out examples whose reference uses the thinking format;
@@ -28,6 +29,8 @@ from asrl.parallel import distributed
 from asrl.phases.sft import validation_loss
 from asrl.rewards.builtin import RewardSet, format_ok, make_correctness_reward
 from asrl.types import Example
+
+SAMPLING_SEED = 1234  # eval.temperature > 0: every evaluation draws the same random stream
 
 
 def eval_examples(examples: list[Example], cfg: EvalConfig) -> list[Example]:
@@ -68,12 +71,20 @@ def evaluate(
         return {}, []
     tok = policy.tokenizer
     d = distributed.current()  # several processes: each decodes its share, then all gather
-    mine = d.shard(examples)
+    k = cfg.samples_per_example if cfg.temperature > 0 else 1  # completions per example
+    mine = [ex for ex in d.shard(examples) for _ in range(k)]
     c_ids: list[list[int]] = []
     if mine or policy.sharded:  # sharded: every process decodes, with or without a share
         p_ids = [prompt_ids(tok, ex, system_prompt) for ex in mine]
         c_ids = generate(
-            policy, p_ids, max_new_tokens=cfg.max_new_tokens, greedy=True, batch_size=cfg.batch_size
+            policy,
+            p_ids,
+            max_new_tokens=cfg.max_new_tokens,
+            temperature=cfg.temperature or 1.0,
+            top_p=cfg.top_p,
+            greedy=cfg.temperature == 0,
+            seed=SAMPLING_SEED + d.rank,
+            batch_size=cfg.batch_size,
         )
     texts = tok.batch_decode(c_ids, skip_special_tokens=True)
     scored, components = rewards.score(mine, texts) if mine else ([], {})
@@ -90,14 +101,16 @@ def evaluate(
         (len(c), text, r, m, [components.get(n, [None] * len(mine))[i] for n in names])
         for i, (c, text, r, m) in enumerate(zip(c_ids, texts, scored, marks))
     ]
-    rows = d.unshard(d.gather(rows))  # several processes: every output, in order
+    per_example = [rows[i : i + k] for i in range(0, len(rows), k)]  # an example's k outputs
+    rows = [r for group in d.unshard(d.gather(per_example)) for r in group]  # all, in order
+    outputs_of = [ex for ex in examples for _ in range(k)]  # the example of each output
     lengths, texts = [r[0] for r in rows], [r[1] for r in rows]
     scored, marks = [r[2] for r in rows], [r[3] for r in rows]
     components = {n: [r[4][j] for r in rows] for j, n in enumerate(names)}
 
     thinking_ok, compliant, exact = [], [], []
     by_type: dict[str, list[float]] = defaultdict(list)
-    for ex, text, mark in zip(examples, texts, marks):
+    for ex, text, mark in zip(outputs_of, texts, marks):
         if fmt.has_thinking(ex.response):
             thinking_ok.append(fmt.is_well_formed(text))
         compliant.append(format_ok(text, ex.response, fmt))
@@ -128,7 +141,7 @@ def evaluate(
             "reward": scored[i],
             "rewards": {name: values[i] for name, values in components.items()},
         }
-        for i, (ex, text) in enumerate(zip(examples, texts))
+        for i, (ex, text) in enumerate(zip(outputs_of, texts))
     ]
     return metrics, samples
 

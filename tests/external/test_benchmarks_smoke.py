@@ -85,3 +85,38 @@ def test_grpo_learns_smoke_runs_both_sides_on_identical_work(tmp_path):
     assert doc["machine"]["cpu"] and doc["machine"]["commit"] and doc["machine"]["date"]
     for text in ("Welch p", "pts/GRPO-s", "CPU:", "commit", "reward per step"):
         assert text in proc.stdout
+
+
+def test_grpo_signal_runs_each_arm_on_one_budget_and_scores_them_sampled(tmp_path):
+    """benchmarks/grpo_signal.py on the tiny model: a start (an SFT run directory), the
+    start's evaluation, one run per arm on the same budget, the sampled scoring, the table."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    data, start, work = tmp_path / "data.jsonl", tmp_path / "sft", tmp_path / "work"
+    sft = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(start)]
+    sets = ["schedule.method=sft", "schedule.epochs=1", f"data.path={data}", "report_to=none"]
+    subprocess.run([*sft, *[x for s in sets for x in ("--set", s)]], cwd=ROOT, env=env, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "grpo_signal.py"),
+            *("--config", "configs/tiny.yaml", "--start", str(start), "--data", str(data)),
+            *("--work", str(work), "--seeds", "1", "--budget", "1", "--sampled", "2"),
+            *("--set", "model.autocast=none"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name, zero_std in [("off-s0", False), ("on-s0", True)]:
+        summary = json.loads((work / name / "summary.json").read_text())
+        assert summary["stopped"] == "time_budget" and summary["test"]["n"] > 0
+        cfg = json.loads((work / name / "config.json").read_text())
+        assert cfg["grpo"]["filter_zero_std"] is zero_std and cfg["model"]["autocast"] == "none"
+    for name in ["start-eval", "off-s0", "on-s0"]:
+        scored = json.loads((work / name / "sampled.json").read_text())
+        assert scored["k"] == 2 and 0.0 <= scored["sampled"] <= 1.0
+    table = proc.stdout[proc.stdout.index("| arm |") :]
+    assert "| off | 1 |" in table and "| on | 1 |" in table

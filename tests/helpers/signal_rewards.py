@@ -18,3 +18,8 @@ def flat_for_some(prompts, completions, id, **_):
         with open(log, "a", encoding="utf-8") as f:
             f.write(" ".join([os.environ.get("RANK", "0"), *id]) + "\n")
     return [0.0 if _flat(i) else (sum(map(ord, c)) % 97) / 97 for i, c in zip(id, completions)]
+
+
+def record_number(prompts, completions, id, **_):
+    """The number in each completion's record id: which example a score was computed for."""
+    return [float(i.rsplit("-", 1)[1]) for i in id]
