@@ -256,8 +256,6 @@ def main() -> None:
         if a.sampled:  # after every run: the scoring must not share the CPU with a budget
             names = [f"{arm}-s{s}" for s in range(a.first_seed + a.seeds) for arm in a.arms]
             score_sampled(a, work, ["start-eval", *names])
-    a.seeds += a.first_seed  # the report counts every seed from 0
-    a.first_seed = 0
     report(a, work)
 
 
