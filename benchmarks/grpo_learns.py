@@ -1,7 +1,7 @@
 """Does asrl's GRPO phase raise held-out correctness? Side by side with TRL's GRPOTrainer.
 
     PYTHONPATH=. .venv/bin/python benchmarks/grpo_learns.py [--steps 30] [--seeds 3]
-        [--questions 8] [--generations 6] [--new-tokens 64] [--lr 2e-5] [--loss-type grpo]
+        [--questions 8] [--generations 6] [--new-tokens 96] [--lr 2e-5] [--loss-type grpo]
         [--eval-examples 60] [--eval-every 10] [--model smollm2-135m] [--work DIR]
         [--start ADAPTER] [--sides asrl,trl] [--precision auto|fp32|bf16] [--out docs]
     ... --smoke     # tiny random model, 2 steps, 1 seed: proves the script runs (seconds)
@@ -868,14 +868,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--questions", type=int, help="questions per step [config: 8]")
     ap.add_argument("--generations", type=int, help="completions per question, G [config: 6]")
-    ap.add_argument("--new-tokens", type=int, help="max new tokens per completion [config: 64]")
+    ap.add_argument("--new-tokens", type=int, help="max new tokens per completion [config: 96]")
     ap.add_argument("--lr", type=float, help="constant learning rate [config: 2e-5]")
     ap.add_argument("--loss-type", choices=["grpo", "bnpo", "dr_grpo", "dapo"])
     ap.add_argument("--temperature", type=float, help="[config: 0.7]")
     ap.add_argument("--top-p", type=float, help="[config: 0.95]")
     ap.add_argument("--micro-batch", type=int, help="completions per forward [config: 12]")
     ap.add_argument("--eval-examples", type=int, help="held-out val examples [60]")
-    ap.add_argument("--eval-new-tokens", type=int, help="[config eval.max_new_tokens: 64]")
+    ap.add_argument("--eval-new-tokens", type=int, help="[config eval.max_new_tokens: 96]")
     ap.add_argument("--eval-every", type=int, help="also evaluate every N steps (0: end only) [10]")
     ap.add_argument("--model", help="[smollm2-135m]")
     ap.add_argument(

@@ -8,12 +8,12 @@ and off, from one SFT'd start, at an equal wall-clock budget.
 
 Every run is ``asrl train -c configs/demo.yaml --set schedule.method=grpo`` from
 ``model.adapter=ADAPTER`` with ``schedule.time_budget_s=BUDGET``: rounds of 8 questions x 6
-completions x <= 64 new tokens, one optimizer step per round (constant LR, so the budget, not
-a step count, decides how many), until the budget is spent, then the run's final evaluation
-on the held-out test split. `model.autocast: auto` is resolved once (every run and every
-scoring gets the same precision). The arms differ in one setting each (``ARMS``). A run of
-``start-eval`` (budget 0) measures the start on the same test examples. Per-round
-evaluations use 8 val examples only (they are a progress display; the test split decides).
+completions x <= the config's max_new_tokens, one optimizer step per round (constant LR, so
+the budget, not a step count, decides how many), until the budget is spent, then the run's
+final evaluation on the held-out test split. `model.autocast: auto` is resolved once (every
+run and every scoring gets the same precision). The arms differ in one setting each
+(``ARMS``). A run of ``start-eval`` (budget 0) measures the start on the same test examples.
+Per-round evaluations use 8 val examples only (a progress display; the test split decides).
 
 The table: rounds, GRPO seconds, tokens generated, the share of zero-variance groups, the
 mean correctness reward of the sampled completions in the first and last quarter of the
@@ -42,6 +42,7 @@ ARMS: dict[str, list[str]] = {
     "on": ["grpo.filter_zero_std=true"],
     "pass_rate": ["grpo.filter_zero_std=false", "grpo.question_selection=pass_rate"],
     "on+pass_rate": ["grpo.filter_zero_std=true", "grpo.question_selection=pass_rate"],
+    "t1": ["grpo.filter_zero_std=false", "grpo.temperature=1.0"],  # more varied groups
 }
 
 COMMON = [

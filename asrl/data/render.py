@@ -92,6 +92,15 @@ class TokenizedCache:
         return t if isinstance(t, int) else len(t.ids)
 
 
+def response_lengths(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[int]:
+    """New tokens each example's reference response takes to generate, end of turn included
+    (what a completion needs to reach the reference's final answer)."""
+    if not examples:
+        return []
+    ids = tokenizer([ex.response for ex in examples], add_special_tokens=False)["input_ids"]
+    return [len(r) + 1 for r in ids]
+
+
 def tokenize_all(
     tokenizer: PreTrainedTokenizerBase,
     examples: list[Example],

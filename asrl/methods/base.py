@@ -64,6 +64,7 @@ class Method:
     # whether any epoch runs the "sft" phase: then the train split needs examples within
     # data.max_length tokens (the loop checks before the model works)
     runs_sft = True
+    runs_grpo = True  # whether any epoch samples completions (grpo.max_new_tokens matters)
 
     def __init__(self, cfg: ScheduleConfig, seed: int = 0) -> None:
         self.cfg, self.seed = cfg, seed

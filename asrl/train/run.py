@@ -14,7 +14,7 @@ import torch
 
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
-from asrl.data.render import TokenizedCache
+from asrl.data.render import TokenizedCache, response_lengths
 from asrl.data.sources import JsonlFile, open_source
 from asrl.data.synthetic import generate_records
 from asrl.data.writer import append_records
@@ -59,6 +59,7 @@ class Run:
     # checkpoint resumed), plus this process's since start_clock()
     train_s_before: float = 0.0
     clock_start: float | None = None
+    lengths_checked: bool = False  # warn_long_references ran (once per process)
 
     def state_dict(self) -> dict[str, Any]:
         """The run's state beyond the weights and optimizers, as checkpoints keep it."""
@@ -143,7 +144,33 @@ class Run:
         if res.rejected:
             console(f"data: {res.rejected} bad record(s) quarantined in {self.dataset.quarantine}")
         self.check_trainable()  # before anything is logged: a fixed rerun needs no --resume
+        self.warn_long_references()
         return self.metrics.log(epoch, "data", rec)
+
+    def warn_long_references(self, sample: int = 1000) -> None:
+        """Once per run: say so when train references need more new tokens than completions
+        get (grpo/eval.max_new_tokens), since those are cut off before their final answer and
+        score as wrong however good the model is. Looks at the first ``sample`` records."""
+        if self.lengths_checked or not self.dataset.train:
+            return
+        self.lengths_checked = True
+        cfg = self.cfg
+        budgets = {"eval.max_new_tokens": cfg.eval.max_new_tokens}
+        if self.method.runs_grpo:
+            budgets["grpo.max_new_tokens"] = cfg.grpo.max_new_tokens
+        examples = self.dataset.train[:sample]
+        lengths = response_lengths(self.policy.tokenizer, examples)
+        short = {key: n for key, n in budgets.items() if max(lengths) > n}
+        if not short:
+            return
+        lowest = min(short.values())
+        over = sum(n > lowest for n in lengths)
+        console(
+            f"data: {over} of {len(examples)} train references ({over / len(examples):.0%}) "
+            f"need more than {lowest} new tokens (the longest {max(lengths)}, end of turn "
+            f"included); {' and '.join(f'{k}={n}' for k, n in short.items())} cut such "
+            f"completions off before their answer: raise to {max(lengths)} to fit them all"
+        )
 
     def check_trainable(self) -> None:
         """Raise :class:`NoTrainingData` when the phases would train on nothing.

@@ -120,3 +120,43 @@ def test_grpo_signal_runs_each_arm_on_one_budget_and_scores_them_sampled(tmp_pat
         assert scored["k"] == 2 and 0.0 <= scored["sampled"] <= 1.0
     table = proc.stdout[proc.stdout.index("| arm |") :]
     assert "| off | 1 |" in table and "| on | 1 |" in table
+
+
+def test_pass_rates_scores_every_question_k_times_and_pairs_adapters(tmp_path):
+    """benchmarks/pass_rates.py on the tiny model: two adapters (an SFT run, and the bare
+    base) on the test split, k sampled completions per question, the per-pattern tables, the
+    paired line, and the JSON of every question's hits."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    data, start, out = tmp_path / "data.jsonl", tmp_path / "sft", tmp_path / "hits.json"
+    sft = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(start)]
+    sets = ["schedule.method=sft", "schedule.epochs=1", f"data.path={data}", "report_to=none"]
+    subprocess.run([*sft, *[x for s in sets for x in ("--set", s)]], cwd=ROOT, env=env, check=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "pass_rates.py"),
+            *("--config", "configs/tiny.yaml", "--data", str(data), "--split", "test"),
+            *("--adapter", f"sft={start}", "--adapter", "base=base", "--k", "3"),
+            *("--set", "model.autocast=none", "--set", "eval.max_new_tokens=8", "--out", str(out)),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads(out.read_text())
+    test_ids = {
+        json.loads(line)["id"]
+        for line in (start / "samples.jsonl").read_text().splitlines()
+        if json.loads(line)["phase"] == "test"
+    }
+    for name in ("sft", "base"):
+        hits = doc["hits"][name]
+        assert set(hits) == set(doc["kinds"]) and all(len(h) == 3 for h in hits.values())
+    assert test_ids <= set(doc["kinds"])  # the run's own test eval saw only test questions
+    from asrl.data.synthetic import PATTERNS
+
+    assert set(doc["kinds"].values()) <= set(PATTERNS)  # every prompt read as a pattern
+    assert proc.stdout.count("| all |") == 2 and "base against sft, per question" in proc.stdout
