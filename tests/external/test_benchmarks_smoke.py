@@ -87,29 +87,41 @@ def test_grpo_learns_smoke_runs_both_sides_on_identical_work(tmp_path):
         assert text in proc.stdout
 
 
-def test_grpo_signal_runs_each_arm_on_one_budget_and_scores_them_sampled(tmp_path):
-    """benchmarks/grpo_signal.py on the tiny model: a start (an SFT run directory), the
-    start's evaluation, one run per arm on the same budget, the sampled scoring, the table."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    data, start, work = tmp_path / "data.jsonl", tmp_path / "sft", tmp_path / "work"
+def sft_start(tmp_path):
+    """A tiny SFT run directory (the start both scripts take) and its generated data."""
+    data, start = tmp_path / "data.jsonl", tmp_path / "sft"
     sft = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(start)]
     sets = ["schedule.method=sft", "schedule.epochs=1", f"data.path={data}", "report_to=none"]
-    subprocess.run([*sft, *[x for s in sets for x in ("--set", s)]], cwd=ROOT, env=env, check=True)
+    cmd = [*sft, *[x for s in sets for x in ("--set", s)]]
+    subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, check=True)
+    return data, start
+
+
+def run_script(name, *args):
+    """benchmarks/NAME as a real subprocess; asserts it exits 0 and returns it."""
     proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "grpo_signal.py"),
-            *("--config", "configs/tiny.yaml", "--start", str(start), "--data", str(data)),
-            *("--work", str(work), "--seeds", "1", "--budget", "1", "--sampled", "2"),
-            *("--set", "model.autocast=none"),
-        ],
+        [sys.executable, str(ROOT / "benchmarks" / name), *args],
         capture_output=True,
         text=True,
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
         cwd=ROOT,
         timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def test_grpo_signal_runs_each_arm_on_one_budget_and_scores_them_sampled(tmp_path):
+    """benchmarks/grpo_signal.py on the tiny model: a start (an SFT run directory), the
+    start's evaluation, one run per arm on the same budget, the sampled scoring, the table."""
+    data, start = sft_start(tmp_path)
+    work = tmp_path / "work"
+    proc = run_script(
+        "grpo_signal.py",
+        *("--config", "configs/tiny.yaml", "--start", str(start), "--data", str(data)),
+        *("--work", str(work), "--seeds", "1", "--budget", "1", "--sampled", "2"),
+        *("--set", "model.autocast=none"),
+    )
     for name, zero_std in [("off-s0", False), ("on-s0", True)]:
         summary = json.loads((work / name / "summary.json").read_text())
         assert summary["stopped"] == "time_budget" and summary["test"]["n"] > 0
@@ -126,26 +138,14 @@ def test_pass_rates_scores_every_question_k_times_and_pairs_adapters(tmp_path):
     """benchmarks/pass_rates.py on the tiny model: two adapters (an SFT run, and the bare
     base) on the test split, k sampled completions per question, the per-pattern tables, the
     paired line, and the JSON of every question's hits."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    data, start, out = tmp_path / "data.jsonl", tmp_path / "sft", tmp_path / "hits.json"
-    sft = [sys.executable, "-m", "asrl", "train", "-c", "configs/tiny.yaml", "-o", str(start)]
-    sets = ["schedule.method=sft", "schedule.epochs=1", f"data.path={data}", "report_to=none"]
-    subprocess.run([*sft, *[x for s in sets for x in ("--set", s)]], cwd=ROOT, env=env, check=True)
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "benchmarks" / "pass_rates.py"),
-            *("--config", "configs/tiny.yaml", "--data", str(data), "--split", "test"),
-            *("--adapter", f"sft={start}", "--adapter", "base=base", "--k", "3"),
-            *("--set", "model.autocast=none", "--set", "eval.max_new_tokens=8", "--out", str(out)),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
+    data, start = sft_start(tmp_path)
+    out = tmp_path / "hits.json"
+    proc = run_script(
+        "pass_rates.py",
+        *("--config", "configs/tiny.yaml", "--data", str(data), "--split", "test"),
+        *("--adapter", f"sft={start}", "--adapter", "base=base", "--k", "3"),
+        *("--set", "model.autocast=none", "--set", "eval.max_new_tokens=8", "--out", str(out)),
     )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads(out.read_text())
     test_ids = {
         json.loads(line)["id"]
