@@ -11,7 +11,9 @@ such gradients and moves weights by +-lr whatever their size. In float64 the gra
 to ~1e-14 and the adapters to ~1e-8 at the very worst (6e-9 measured, FSDP GRPO update),
 while a wrong reduction (a share missing or summed twice, a wrong token count) moves the
 weights by ~lr (1e-3) and the logged gradient norms by a factor: the tolerances (``TOL``,
-``REL``) sit between the two.
+``REL``) sit between the two. On a 2-core Intel Xeon with AMX (2026-12-02) the adapters of
+the ZeRO runs differed by up to 1.06e-7 after their Adam steps (on AMD EPYC: <= 6e-9), so
+``TOL`` is 1e-5: 100x above the largest noise measured, 100x below a wrong reduction.
 """
 
 import json
@@ -30,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--num_machines", "1"]
 LAUNCH += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0"]
 F64 = ["model.dtype=float64", "model.autocast=none"]
-TOL = 1e-7  # adapters after Adam steps in float64 (<= 6e-9 measured); a wrong reduction ~1e-3
+TOL = 1e-5  # adapters after Adam steps in float64 (<= 1.06e-7 measured); a wrong reduction ~1e-3
 REL = 1e-7  # logged losses, gradient norms, counts (<= 3e-9 measured)
 
 
