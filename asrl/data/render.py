@@ -47,12 +47,18 @@ class Tokenized:
         return len(self.ids) - self.n_prompt
 
 
+def response_ids(tokenizer: PreTrainedTokenizerBase, example: Example) -> list[int]:
+    """The reference response's token ids and the end of turn: what SFT trains on, and what a
+    completion needs to generate to reach the reference's final answer."""
+    ids = tokenizer(example.response, add_special_tokens=False)["input_ids"]
+    return ids + [tokenizer.eos_token_id]
+
+
 def tokenize_example(
     tokenizer: PreTrainedTokenizerBase, example: Example, system_prompt: str | None = None
 ) -> Tokenized:
     p = prompt_ids(tokenizer, example, system_prompt)
-    r = tokenizer(example.response, add_special_tokens=False)["input_ids"]
-    return Tokenized(p + r + [tokenizer.eos_token_id], len(p), example.id)
+    return Tokenized(p + response_ids(tokenizer, example), len(p), example.id)
 
 
 class TokenizedCache:
@@ -93,12 +99,8 @@ class TokenizedCache:
 
 
 def response_lengths(tokenizer: PreTrainedTokenizerBase, examples: list[Example]) -> list[int]:
-    """New tokens each example's reference response takes to generate, end of turn included
-    (what a completion needs to reach the reference's final answer)."""
-    if not examples:
-        return []
-    ids = tokenizer([ex.response for ex in examples], add_special_tokens=False)["input_ids"]
-    return [len(r) + 1 for r in ids]
+    """New tokens each example's reference takes to generate (:func:`response_ids`)."""
+    return [len(response_ids(tokenizer, ex)) for ex in examples]
 
 
 def tokenize_all(

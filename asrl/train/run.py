@@ -160,16 +160,17 @@ class Run:
             budgets["grpo.max_new_tokens"] = cfg.grpo.max_new_tokens
         examples = self.dataset.train[:sample]
         lengths = response_lengths(self.policy.tokenizer, examples)
-        short = {key: n for key, n in budgets.items() if max(lengths) > n}
+        longest = max(lengths)
+        short = {key: n for key, n in budgets.items() if longest > n}
         if not short:
             return
         lowest = min(short.values())
         over = sum(n > lowest for n in lengths)
         console(
             f"data: {over} of {len(examples)} train references ({over / len(examples):.0%}) "
-            f"need more than {lowest} new tokens (the longest {max(lengths)}, end of turn "
+            f"need more than {lowest} new tokens (the longest {longest}, end of turn "
             f"included); {' and '.join(f'{k}={n}' for k, n in short.items())} cut such "
-            f"completions off before their answer: raise to {max(lengths)} to fit them all"
+            f"completions off before their answer: raise to {longest} to fit them all"
         )
 
     def check_trainable(self) -> None:
