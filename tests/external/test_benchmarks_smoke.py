@@ -160,3 +160,39 @@ def test_pass_rates_scores_every_question_k_times_and_pairs_adapters(tmp_path):
 
     assert set(doc["kinds"].values()) <= set(PATTERNS)  # every prompt read as a pattern
     assert proc.stdout.count("| all |") == 2 and "base against sft, per question" in proc.stdout
+
+
+def test_grpo_noise_scale_counts_flat_groups_as_zero_units_and_reports_both_losses(tmp_path):
+    """benchmarks/grpo_noise_scale.py on the tiny model, with a reward that is flat for two
+    records in three: exactly those questions' groups are the zero-variance units, the
+    others carry a gradient, and the GRPO, held-out and SFT rows come from all the units."""
+    from tests.helpers.signal_rewards import _flat
+
+    data, start = sft_start(tmp_path)
+    out = tmp_path / "noise.json"
+    reward = "reward.custom=[{path: 'tests.helpers.signal_rewards:flat_for_some', weight: 1.0}]"
+    proc = run_script(
+        "grpo_noise_scale.py",
+        *("--config", "configs/tiny.yaml", "--start", str(start), "--data", str(data)),
+        *("--groups", "15", "--val-groups", "4", "--sft-examples", "5", "--out", str(out)),
+        *("--set", "reward.format_weight=0", "--set", "reward.correctness_weight=0"),
+        *("--set", reward),
+    )
+    doc = json.loads(out.read_text())
+    for sample, n in (("grpo", 15), ("val", 4)):
+        got = doc[sample]
+        assert len(got["questions"]) == n == got["n"]
+        assert got["zero_std"] == [_flat(q) for q in got["questions"]]
+    assert not set(doc["grpo"]["questions"]) & set(doc["val"]["questions"])  # train vs val
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert rows["GRPO, every group"]["n"] == 15 and rows["SFT"]["n"] == 5
+    assert rows["GRPO, informative groups"]["n"] == 15 - sum(doc["grpo"]["zero_std"]) > 1
+    assert rows["GRPO, held-out questions"]["n"] == 4
+    for r in rows.values():
+        assert r["trace_sigma"] > 0 and -1 <= r["half_cosine"] <= 1
+    assert set(doc["cosines"]) == {
+        "GRPO (train) and SFT",
+        "GRPO on train and on held-out questions",
+        "GRPO (held-out) and SFT",
+    }
+    assert "| SFT | 5 examples |" in proc.stdout and "machine:" in proc.stdout
