@@ -1,4 +1,5 @@
-"""Helpers the asrl-vs-TRL benchmarks share (``vs_trl.py``, ``grpo_learns.py``).
+"""Helpers the benchmarks share (the CPU's name, asrl's start adapter and data, and for the
+asrl-vs-TRL ones, ``vs_trl.py`` and ``grpo_learns.py``, the rest).
 
 Run the benchmarks as scripts (``python benchmarks/NAME.py``): this directory is then on
 ``sys.path`` and ``from _common import ...`` finds this file.
@@ -7,6 +8,7 @@ Run the benchmarks as scripts (``python benchmarks/NAME.py``): this directory is
 from __future__ import annotations
 
 import json
+import platform
 import resource
 import subprocess
 import sys
@@ -45,6 +47,35 @@ def trl_common_args(out: str, bf16: bool) -> dict[str, Any]:
         dataloader_num_workers=0,
         disable_tqdm=True,
     )
+
+
+def cpu_name() -> str:
+    """``lscpu``'s model name (the processor string where lscpu is missing)."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    except OSError:
+        out = ""
+    names = (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
+    return next(names, "") or platform.processor() or "unknown"
+
+
+def load_start(config: str, data: str, sets: list[str], adapter: str, seed: int = 0):
+    """asrl's config (``data.path=DATA`` and ``sets`` applied), its thinking format, the policy
+    with ``adapter`` loaded (``"base"``: none) and the data's live splits, refreshed once."""
+    from asrl.config import load_config
+    from asrl.data.live import LiveDataset
+    from asrl.data.sources import open_source
+    from asrl.model.adapter import load_adapter, resolve_adapter
+    from asrl.model.loading import load_policy
+
+    cfg = load_config(config, [f"data.path={data}", *sets])
+    fmt = cfg.format.spec()
+    policy = load_policy(cfg.model, seed=seed)
+    if adapter != "base":
+        load_adapter(policy, resolve_adapter(adapter))
+    live = LiveDataset([open_source(data, cfg.data, fmt)], cfg.data.split)
+    live.refresh()
+    return cfg, fmt, policy, live
 
 
 def load_base(name: str, seed: int = 0):

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
+    cpu_name,
     load_base,
     print_result,
     progress,
@@ -654,14 +655,7 @@ def machine() -> dict[str, Any]:
         except OSError:
             return ""
 
-    cpu = next(
-        (
-            ln.split(":", 1)[1].strip()
-            for ln in sh("lscpu").splitlines()
-            if ln.startswith("Model name")
-        ),
-        platform.processor() or "unknown",
-    )
+    cpu = cpu_name()
     import os
     from importlib.metadata import PackageNotFoundError, version
 

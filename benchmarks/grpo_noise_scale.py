@@ -40,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import random
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,16 +85,13 @@ def jackknife_interval(gram: torch.Tensor, z: float = 1.645) -> tuple[float, flo
 
     (A bootstrap with replacement would not do: a resampled unit's copies look like two
     perfectly correlated units and inflate |G|^2.)"""
-    n = gram.size(0)
-    total, diag, rows = float(gram.sum()), gram.diagonal(), gram.sum(1)
-    loo = []
-    for i in range(n):
-        m = n - 1
-        mean_sq = (total - 2 * float(rows[i]) + float(diag[i])) / m**2
-        trace = (float(diag.sum()) - float(diag[i]) - m * mean_sq) / (m - 1)
-        loo.append(mean_sq - trace / m)
-    mean = sum(loo) / n
-    se = ((n - 1) / n * sum((x - mean) ** 2 for x in loo)) ** 0.5
+    n, m = gram.size(0), gram.size(0) - 1
+    diag = gram.diagonal()
+    # every unit's leave-one-out |mean|^2, tr(Sigma) and |G|^2 at once, from the sums
+    mean_sq = (gram.sum() - 2 * gram.sum(1) + diag) / m**2
+    trace = (diag.sum() - diag - m * mean_sq) / (m - 1)
+    loo = mean_sq - trace / m
+    se = float(((n - 1) / n * (loo - loo.mean()).pow(2).sum()).sqrt())
     st = noise_stats(gram)
     hi_g2, lo_g2 = st["g2"] + z * se, st["g2"] - z * se
     lo = st["trace_sigma"] / hi_g2 if hi_g2 > 0 else float("inf")
@@ -272,24 +267,16 @@ def main() -> None:
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     ap.add_argument("--out", help="write the figures as JSON")
     a = ap.parse_args()
-    if a.groups < 4 or a.sft_examples < 4:
-        raise SystemExit("--groups and --sft-examples need at least 4 units each")
+    if a.groups < 4 or a.sft_examples < 4 or 0 < a.val_groups < 4:
+        raise SystemExit("--groups, --sft-examples and --val-groups need at least 4 units each")
     if a.threads:
         torch.set_num_threads(a.threads)
     sys.path.insert(0, str(ROOT))
-    from asrl.config import load_config
-    from asrl.data.live import LiveDataset
-    from asrl.data.sources import open_source
-    from asrl.model.adapter import load_adapter, resolve_adapter
-    from asrl.model.loading import load_policy
+    from _common import cpu_name, load_start
+
     from asrl.rewards.builtin import RewardSet
 
-    cfg = load_config(a.config, [f"data.path={a.data}", *a.set])
-    fmt = cfg.format.spec()
-    policy = load_policy(cfg.model, seed=a.seed)
-    load_adapter(policy, resolve_adapter(a.start))
-    data = LiveDataset([open_source(a.data, cfg.data, fmt)], cfg.data.split)
-    data.refresh()
+    cfg, fmt, policy, data = load_start(a.config, a.data, a.set, a.start, seed=a.seed)
     train = data.splits["train"]
     rewards = RewardSet.from_config(cfg.reward, fmt)
     g = cfg.grpo
@@ -302,6 +289,9 @@ def main() -> None:
     rng = random.Random(a.seed)
     grpo = grpo_gradients(a, cfg, policy, rng.sample(train, min(a.groups, len(train))), rewards)
     val = heldout_questions(a, cfg, fmt, train) if a.heldout else data.splits["val"]
+    if a.val_groups and len(val) < 4:
+        where = a.heldout or "the val split"
+        raise SystemExit(f"--val-groups: {where} holds {len(val)} held-out questions, need 4")
     held = (
         grpo_gradients(a, cfg, policy, rng.sample(val, min(a.val_groups, len(val))), rewards)
         if a.val_groups
@@ -321,11 +311,8 @@ def main() -> None:
     if held is not None:
         cosines["GRPO on train and on held-out questions"] = alignment(grpo, held)
         cosines["GRPO (held-out) and SFT"] = alignment(held, sft)
-    cpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    model_name = next(
-        (x.split(":", 1)[1].strip() for x in cpu.splitlines() if "Model name" in x), ""
-    )
-    print(f"\nmachine: {model_name or platform.processor()}, {torch.get_num_threads()} threads")
+    model_name = cpu_name()
+    print(f"\nmachine: {model_name}, {torch.get_num_threads()} threads")
     print(
         f"GRPO sample: {grpo['n']} groups, {grpo['zero_std_share']:.0%} zero-variance, "
         f"{grpo['exact']:.1%} of completions exact; {grpo['gen_s_per_unit']:.1f} s sampling "

@@ -27,13 +27,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_name
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -160,11 +161,7 @@ def fmt_p(p: float | None) -> str:
 
 def report(a: argparse.Namespace, work: Path) -> None:
     start = run_stats(work / "start-eval")
-    cpu = next(
-        (x.split(":", 1)[1].strip() for x in _lscpu().splitlines() if x.startswith("Model name")),
-        platform.processor(),
-    )
-    print(f"\nmachine: {cpu}; runs under {work}")
+    print(f"\nmachine: {cpu_name()}; runs under {work}")
     if start is None:
         print("start-eval: not run")
         return
@@ -208,13 +205,6 @@ def _sampled(runs: list[dict[str, Any]], start: dict[str, Any]) -> str:
         f"{', '.join(f'{100 * v:.1f}' for v in values)} -> {100 * statistics.mean(values):.1f}"
         f" +- {100 * sd:.1f}% | {fmt_p(welch(values, float(start['sampled'])))}"
     )
-
-
-def _lscpu() -> str:
-    try:
-        return subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return ""
 
 
 def main() -> None:

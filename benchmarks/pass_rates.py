@@ -51,21 +51,12 @@ def pattern(ex) -> str:
 def score(a: argparse.Namespace, adapter: str) -> tuple[dict[str, list[float]], dict[str, str]]:
     """{question id: its k hits (1.0 exact, else 0.0)} for the adapter on the split, and
     {question id: its pattern}."""
-    from asrl.config import load_config
-    from asrl.data.live import LiveDataset
-    from asrl.data.sources import open_source
-    from asrl.model.adapter import load_adapter, resolve_adapter
-    from asrl.model.loading import load_policy
+    from _common import load_start
+
     from asrl.rewards.builtin import RewardSet
     from asrl.train.evaluation import evaluate
 
-    cfg = load_config(a.config, [f"data.path={a.data}", *a.set])
-    fmt = cfg.format.spec()
-    policy = load_policy(cfg.model, seed=0)
-    if adapter != "base":
-        load_adapter(policy, resolve_adapter(adapter))
-    data = LiveDataset([open_source(a.data, cfg.data, fmt)], cfg.data.split)
-    data.refresh()
+    cfg, fmt, policy, data = load_start(a.config, a.data, a.set, adapter)
     examples = data.splits[a.split][: a.max_questions or None]
     eval_cfg = replace(
         cfg.eval,
