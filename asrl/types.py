@@ -45,7 +45,8 @@ class Rollout:
     rewards: list[float]  # combined reward per completion
     components: dict[str, list[float | None]]  # per reward function, unweighted
     tokens_generated: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole rollout: weight sync, decoding, scoring
+    sync_seconds: float = 0.0  # of which: loading the policy's weights into the engine
 
 
 @dataclass

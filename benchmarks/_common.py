@@ -98,12 +98,14 @@ def load_base(name: str, seed: int = 0):
     return model, tok
 
 
-def run_child(script: str, worker: str, argv: list[str]) -> dict[str, Any]:
+def run_child(
+    script: str, worker: str, argv: list[str], python: str | None = None
+) -> dict[str, Any]:
     """Run ``script --worker WORKER ARGV...`` in a fresh interpreter; its ``RESULT {json}`` line.
 
     The child's stderr (its progress lines, and any traceback) goes straight to ours, so a
     long run shows where it is; its stdout is read for the result."""
-    cmd = [sys.executable, script, "--worker", worker, *argv]
+    cmd = [python or sys.executable, script, "--worker", worker, *argv]
     proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:

@@ -20,6 +20,7 @@ from asrl.config.schema import (
     LOSS_TYPES,
     ON_ERROR,
     QUESTION_SELECTIONS,
+    ROLLOUT_ENGINES,
     SCALE_REWARDS,
     STOPPING_MODES,
     Config,
@@ -72,6 +73,13 @@ def validate(cfg: Config) -> None:
     _require(g.pass_rate_floor > 0, "grpo.pass_rate_floor", "must be > 0")
     _require(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")
     _require(g.max_new_tokens >= 1, "grpo.max_new_tokens", "must be >= 1")
+    _one_of(cfg.rollout.engine, ROLLOUT_ENGINES, "rollout.engine")
+    _require(cfg.rollout.max_batch_tokens >= 1, "rollout.max_batch_tokens", "must be >= 1")
+    _require(
+        0 < cfg.rollout.vllm_gpu_memory_utilization <= 1,
+        "rollout.vllm_gpu_memory_utilization",
+        "must be in (0, 1]",
+    )
     _require(0 <= g.lr_final_ratio <= 1, "grpo.lr_final_ratio", "must be in [0, 1]")
     for key, v in (("sft.lr", s.lr), ("grpo.lr", g.lr)):
         _require(v >= 0, key, "must be >= 0")

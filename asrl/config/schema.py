@@ -19,6 +19,7 @@ from asrl.data.records import MAX_LINE_BYTES
 # other modules own (methods, data mixes, trackers) are checked against those modules'
 # registries (asrl.config.checks, asrl.preflight).
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+ROLLOUT_ENGINES = ("auto", "asrl", "hf", "vllm")
 SCALE_REWARDS = ("group", "batch", "none")
 QUESTION_SELECTIONS = ("uniform", "pass_rate")
 AUTOCASTS = ("auto", "bf16", "fp16", "none")
@@ -216,8 +217,7 @@ class GRPOConfig:
     # measurement shows it helps here; each extra rollout costs generation time.
     filter_zero_std: bool = False
     max_resample_rounds: int = 2
-    # TRL's mask_truncated_completions: completions that hit max_new_tokens without an
-    # end-of-turn token are left out of the loss (they still count in the group's rewards)
+    # TRL's: completions cut at max_new_tokens leave the loss (still counted in rewards)
     mask_truncated_completions: bool = False
     # How a round's questions are drawn from the train split. uniform: at random. pass_rate:
     # weighted by p (1 - p) + pass_rate_floor, p = the record's recent pass rate (an EMA over
@@ -299,11 +299,19 @@ class RewardConfig:
 
 @dataclass
 class TrainConfig:
-    """Safety limits shared by every phase."""
+    """Safety limits: optimizer steps with a NaN/inf loss or gradient are skipped, and
+    max_bad_steps_in_row in a row means training diverged: the run stops."""
 
-    # optimizer steps with a NaN/inf loss or gradient are skipped; this many in a row
-    # means training diverged and the run stops (the last checkpoint stays good)
     max_bad_steps_in_row: int = 5
+
+
+@dataclass
+class RolloutConfig:
+    """How completions are decoded, for GRPO rounds and evaluation (asrl/rollout/)."""
+
+    engine: str = "auto"  # auto | asrl | hf | vllm (asrl/rollout/__init__.py says which is what)
+    max_batch_tokens: int = 65_536  # asrl engine: KV positions held, rows x (prompt + new)
+    vllm_gpu_memory_utilization: float = 0.3  # vllm engine: its share of GPU memory
 
 
 @dataclass
@@ -381,6 +389,7 @@ class Config:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     # where metrics.jsonl lines and sample completions also go: tensorboard (event files in

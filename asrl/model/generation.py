@@ -6,9 +6,13 @@ two things dominated transformers' generate there (measured, docs/PERFORMANCE.md
 * the prefill ran every prompt G times: here each distinct prompt is prefilled once and its
   KV cache copied to its G rows;
 * top-p sorted the whole vocabulary for every row at every step, and multinomial sampled
-  over all of it: here ``sample_top_p`` finds the nucleus among the top 1024 tokens (exact:
-  it falls back to a full sort for a row whose top 1024 hold less than ``top_p``), and
-  samples within it. The distribution is transformers' (TopPLogitsWarper), tested.
+  over all of it: here ``sample_top_p`` finds the nucleus among the top 64 tokens, then the
+  top 1024 for the rows those do not cover (exact: it falls back to a full sort for a row
+  whose top 1024 hold less than ``top_p``), and samples within it. The distribution is
+  transformers' (TopPLogitsWarper), tested.
+
+This loop is the ``hf`` rollout engine: the one a sharded (FSDP) model uses, and the
+reference the faster built-in engine (``asrl/rollout/slots.py``) is tested against.
 
 Merged weights make every decoding step one matmul per projection instead of three (base,
 A, B). Sampling is seeded, so runs reproduce.
@@ -21,10 +25,12 @@ import torch
 from asrl.errors import TrainingDiverged
 from asrl.model.cache import cache_kwargs, kv_cache
 from asrl.model.loading import Policy
-from asrl.model.numerics import upcast
 from asrl.parallel import distributed
 
-NUCLEUS_CANDIDATES = 1024  # tokens searched for the nucleus before falling back to a sort
+# tokens searched for the nucleus, in stages (a peaked row is done after the first, cheap
+# top-k), before falling back to a full sort
+NUCLEUS_STAGES = (64, 1024)
+SAMPLE_ROWS = 64  # rows sampled at once (see next_token)
 
 
 def top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
@@ -42,27 +48,40 @@ def top_p_keep(scores: torch.Tensor, top_p: float) -> torch.Tensor:
 
 
 def sample_top_p(
-    scores: torch.Tensor, top_p: float, generator: torch.Generator | None = None
+    scores: torch.Tensor,
+    top_p: float,
+    generator: torch.Generator | None = None,
+    lse: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """One token per row from softmax(scores) restricted to the top-p nucleus. (B, V) -> (B,)."""
+    """One token per row from softmax(scores) restricted to the top-p nucleus. (B, V) -> (B,).
+
+    ``lse``: the rows' logsumexp (B, 1) when the caller has it.
+    """
     if top_p >= 1.0:
         return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
-    k = min(NUCLEUS_CANDIDATES, scores.size(-1))
-    top, idx = scores.topk(k, dim=-1)  # (B, k), descending
-    probs = (top - scores.logsumexp(-1, keepdim=True)).exp()  # true probabilities
-    above = probs.cumsum(-1) - probs
-    keep = above < top_p
-    keep[:, 0] = True
-    covered = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
+    if lse is None:
+        lse = scores.logsumexp(-1, keepdim=True)
     out = torch.empty(scores.size(0), dtype=torch.long, device=scores.device)
-    if covered.any():
-        w = torch.where(keep[covered], probs[covered], torch.zeros_like(probs[covered]))
-        pick = torch.multinomial(w, 1, generator=generator).squeeze(-1)
-        out[covered] = idx[covered].gather(-1, pick[:, None]).squeeze(-1)
-    if not covered.all():  # a flat distribution: the exact, slow way for those rows
-        rest = scores[~covered]
-        masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
-        out[~covered] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
+    pending = None  # rows whose nucleus is not yet found (None: all)
+    for k in NUCLEUS_STAGES:
+        k = min(k, scores.size(-1))
+        rows = scores if pending is None else scores[pending]
+        top, idx = rows.topk(k, dim=-1)  # (b, k), descending
+        probs = (top - (lse if pending is None else lse[pending])).exp()  # true probabilities
+        keep = probs.cumsum(-1) - probs < top_p  # mass strictly above each token < top_p
+        keep[:, 0] = True
+        covered = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
+        at = torch.arange(rows.size(0), device=scores.device) if pending is None else pending
+        if covered.any():
+            w = torch.where(keep[covered], probs[covered], torch.zeros_like(probs[covered]))
+            pick = torch.multinomial(w, 1, generator=generator)
+            out[at[covered]] = idx[covered].gather(-1, pick).squeeze(-1)
+        pending = at[~covered]
+        if not len(pending):
+            return out
+    rest = scores[pending]  # a flat distribution: the exact, slow way for those rows
+    masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
+    out[pending] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
     return out
 
 
@@ -141,7 +160,7 @@ def _decode(
         if done.all():  # only sharded: waiting for the other processes, in step with them
             nxt = torch.full_like(done, pad, dtype=torch.long)
         else:
-            nxt = _next_token(logits, temperature, top_p, greedy, gen)
+            nxt = next_token(logits, temperature, top_p, greedy, gen)
             nxt = torch.where(done, torch.full_like(nxt, pad), nxt)
             steps.append(nxt)
             done |= nxt == eos
@@ -168,16 +187,40 @@ def _decode(
     return out
 
 
-def _next_token(
-    logits: torch.Tensor, temperature: float, top_p: float, greedy: bool, gen: torch.Generator
+def next_token(
+    logits: torch.Tensor,
+    temperature: float,
+    top_p: float,
+    greedy: bool,
+    gen: torch.Generator,
+    work: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The next token of each row from the last position's logits. (B, V) -> (B,)."""
-    scores = upcast(logits)
+    """The next token of each row from the last position's logits. (B, V) -> (B,).
+
+    Sampled in blocks of SAMPLE_ROWS rows, in ``work`` (2, SAMPLE_ROWS, V) when given (see
+    ``sample_workspace``): fresh (rows, vocab) fp32 temporaries at every step are page-faulted
+    in anew (a (256, 49k) one ran elementwise ops ~20x slower per element than a reused one).
+    """
     if greedy:
-        return scores.argmax(-1)
-    if not torch.isfinite(scores).all():
-        raise TrainingDiverged(
-            "generation: the model's next-token probabilities are NaN/inf (the "
-            "weights have diverged); try a lower learning rate"
-        )
-    return sample_top_p(scores / temperature, top_p, gen)
+        return logits.argmax(-1)
+    if work is None:
+        work = sample_workspace(min(logits.size(0), SAMPLE_ROWS), logits.size(-1), logits.device)
+    out = torch.empty(logits.size(0), dtype=torch.long, device=logits.device)
+    for i in range(0, logits.size(0), SAMPLE_ROWS):
+        block = logits[i : i + SAMPLE_ROWS]
+        scores = work[0, : block.size(0)].copy_(block).div_(temperature)  # fp32
+        top = scores.amax(-1, keepdim=True)
+        total = torch.sub(scores, top, out=work[1, : block.size(0)]).exp_().sum(-1, keepdim=True)
+        lse = top + total.log()
+        if not torch.isfinite(lse).all():  # a NaN or inf logit makes its row's lse one too
+            raise TrainingDiverged(
+                "generation: the model's next-token probabilities are NaN/inf (the "
+                "weights have diverged); try a lower learning rate"
+            )
+        out[i : i + SAMPLE_ROWS] = sample_top_p(scores, top_p, gen, lse)
+    return out
+
+
+def sample_workspace(rows: int, vocab: int, device: torch.device) -> torch.Tensor:
+    """The buffers ``next_token`` samples in, to keep between steps: (2, rows, vocab) fp32."""
+    return torch.empty(2, min(rows, SAMPLE_ROWS), vocab, device=device)

@@ -15,8 +15,9 @@ import shutil
 import tempfile
 import types
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from peft import LoraConfig as PeftLoraConfig
@@ -94,7 +95,10 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
 def resolve_model_path(name: str) -> str:
     """Map a model name to something ``from_pretrained`` loads without network."""
     if name == EMBEDDED:
-        return str(convert_gguf(embedded_gguf(), cache_dir() / "models" / EMBEDDED))
+        out = cache_dir() / "models" / EMBEDDED
+        if (out / "config.json").is_file():  # converted already: the package is not needed
+            return str(out)
+        return str(convert_gguf(embedded_gguf(), out))
     if name.endswith(".gguf"):
         path = Path(name).expanduser()
         if not path.is_file():
@@ -233,6 +237,8 @@ class Policy:
     autocast_dtype: torch.dtype | None
     merge_for_generation: bool = True  # benchmarks switch it off to measure the difference
     sharded: bool = False  # split across processes (FSDP2, see ``shard``)
+    # the rollout engine that decodes this policy (asrl.rollout.attach); None: auto on first use
+    engine: Any = field(default=None, repr=False)
 
     def shard(self) -> None:
         """Split the base model across the launched processes (an FSDP launch), in place.

@@ -235,6 +235,7 @@ def run_grpo_phase(
             sum(seen_rates) / len(seen_rates) if seen_rates else float("nan")
         ),
         "perf/gen_tokens_per_s": everything.tokens_generated / max(gen_seconds, 1e-9),
+        "perf/weight_sync_s": everything.sync_seconds,
         "perf/tokens_per_s": tokens_trained / max(seconds - gen_seconds, 1e-9),
     }
     for name, vals in everything.components.items():

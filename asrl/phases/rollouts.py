@@ -12,10 +12,10 @@ import torch
 
 from asrl.config import GRPOConfig
 from asrl.data.render import prompt_ids
-from asrl.model.generation import generate
 from asrl.model.loading import Policy
 from asrl.parallel import distributed
 from asrl.rewards.builtin import RewardSet
+from asrl.rollout import generate
 from asrl.types import Example, Rollout
 
 
@@ -87,6 +87,7 @@ def rollout(
         components,
         tokens_generated=sum(len(c) for c in c_ids),
         seconds=time.perf_counter() - start,
+        sync_seconds=policy.engine.sync_s if policy.engine is not None else 0.0,
     )
 
 
@@ -97,7 +98,7 @@ def gather_rollout(d: distributed.Dist, ro: Rollout, group_size: int) -> Rollout
     fields = ("examples", "completions", "prompt_ids", "completion_ids", "rewards")
     mine = {f: _groups(getattr(ro, f), group_size) for f in fields}
     mine["components"] = {k: _groups(v, group_size) for k, v in ro.components.items()}
-    mine["stats"] = (ro.tokens_generated, ro.seconds)
+    mine["stats"] = (ro.tokens_generated, ro.seconds, ro.sync_seconds)
     shares = d.gather(mine)
     merged = {f: _flat(d.unshard([s[f] for s in shares])) for f in fields}
     components = {k: _flat(d.unshard([s["components"][k] for s in shares])) for k in ro.components}
@@ -106,6 +107,7 @@ def gather_rollout(d: distributed.Dist, ro: Rollout, group_size: int) -> Rollout
         components=components,
         tokens_generated=sum(s["stats"][0] for s in shares),
         seconds=max(s["stats"][1] for s in shares),
+        sync_seconds=max(s["stats"][2] for s in shares),
     )
 
 
@@ -129,6 +131,7 @@ def concat_rollouts(ros: Sequence[Rollout]) -> Rollout:
         {k: [x for r in ros for x in r.components[k]] for k in names},
         tokens_generated=sum(r.tokens_generated for r in ros),
         seconds=sum(r.seconds for r in ros),
+        sync_seconds=sum(r.sync_seconds for r in ros),
     )
 
 
@@ -145,6 +148,7 @@ def select_groups(ro: Rollout, keep: Sequence[bool], group_size: int) -> Rollout
         [ro.rewards[i] for i in rows],
         {k: [v[i] for i in rows] for k, v in ro.components.items()},
         tokens_generated=ro.tokens_generated,
+        sync_seconds=ro.sync_seconds,
         seconds=ro.seconds,
     )
 

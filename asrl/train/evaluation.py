@@ -23,11 +23,11 @@ from typing import Any
 from asrl.config import EvalConfig
 from asrl.data.format import ThinkingFormat
 from asrl.data.render import prompt_ids, tokenize_all
-from asrl.model.generation import generate
 from asrl.model.loading import Policy
 from asrl.parallel import distributed
 from asrl.phases.sft import validation_loss
 from asrl.rewards.builtin import RewardSet, format_ok, make_correctness_reward
+from asrl.rollout import generate
 from asrl.types import Example
 
 SAMPLING_SEED = 1234  # eval.temperature > 0: every evaluation draws the same random stream

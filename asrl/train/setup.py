@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from asrl import rollout as rollout_engine
 from asrl.config import Config, ConfigError
 from asrl.data.live import LiveDataset
 from asrl.data.render import TokenizedCache
@@ -94,6 +95,9 @@ def build_run(cfg: Config, resume: bool = False) -> tuple[Run, int]:
     if d.sharded:  # an FSDP launch: split the base model across the processes (FSDP2)
         policy.shard()
     params = policy.trainable_parameters()  # sharded: DTensors now
+    line = rollout_engine.attach(policy, cfg.rollout)  # decodes GRPO rounds and evaluations
+    if d.is_main:
+        console(line)
     # Two optimizers over the same LoRA weights: Adam's moment estimates of the SFT loss
     # would mis-scale GRPO steps (and back), whose gradients differ by orders of magnitude.
     optimizers = {
