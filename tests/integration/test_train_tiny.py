@@ -141,7 +141,7 @@ def test_cli_train_and_config_errors(cli_run):
     assert bad.returncode == 2 and "grpo.num_generations" in bad.stderr
 
 
-OUR_LINES = ("asrl: ", "data: ", "model: ", "epoch ", "done: ")
+OUR_LINES = ("asrl: ", "data: ", "model: ", "rollout engine: ", "epoch ", "done: ")
 
 
 def test_cli_console_shows_our_lines_only(cli_run):
