@@ -6,9 +6,9 @@ two things dominated transformers' generate there (measured, docs/PERFORMANCE.md
 * the prefill ran every prompt G times: here each distinct prompt is prefilled once and its
   KV cache copied to its G rows;
 * top-p sorted the whole vocabulary for every row at every step, and multinomial sampled
-  over all of it: here ``sample_top_p`` finds the nucleus among the top 1024 tokens (exact:
-  it falls back to a full sort for a row whose top 1024 hold less than ``top_p``), and
-  samples within it. The distribution is
+  over all of it: here ``sample_top_p`` finds the nucleus among the top 64 tokens, then
+  the top 1024 (exact: it falls back to a full sort for a row whose top 1024 hold less than
+  ``top_p``), and samples within it. The distribution is
   transformers' (TopPLogitsWarper), tested.
 
 This loop is the ``hf`` rollout engine: the one a sharded (FSDP) model uses, and the
@@ -27,11 +27,14 @@ from asrl.model.cache import cache_kwargs, kv_cache
 from asrl.model.loading import Policy
 from asrl.parallel import distributed
 
-# tokens searched for the nucleus before falling back to a full sort. Stages (64, 1024) cut
-# the top-k cost ~5x at 256 rows, with the same distribution, but changed the random stream,
-# and with it GRPO on a dense reward in tests/integration/test_grpo_signal.py lowered the
-# reward (unexplained; docs/rollout_speed.md): one stage until that is understood
-NUCLEUS_STAGES = (1024,)
+# the nucleus is looked for among the top FIRST tokens, then the top WIDTH, then the whole
+# vocabulary. The draw is always over WIDTH candidates (a row found in the first FIRST has
+# zeros after them), so the random stream, and every sample, is the same as a WIDTH-only
+# search's: an earlier search that drew over FIRST candidates sampled the same distribution
+# (chi-square tested) yet turned GRPO on a dense reward around in tests/integration/
+# test_grpo_signal.py (reward gain +0.21..+0.37 over 7 seeds against -0.36..+0.26 over 7;
+# unexplained, docs/rollout_speed.md), so the stream is kept
+FIRST, WIDTH = 64, 1024
 SAMPLE_ROWS = 64  # rows sampled at once (see next_token)
 
 
@@ -63,27 +66,34 @@ def sample_top_p(
         return torch.multinomial(scores.softmax(-1), 1, generator=generator).squeeze(-1)
     if lse is None:
         lse = scores.logsumexp(-1, keepdim=True)
-    out = torch.empty(scores.size(0), dtype=torch.long, device=scores.device)
-    pending = None  # rows whose nucleus is not yet found (None: all)
-    for k in NUCLEUS_STAGES:
-        k = min(k, scores.size(-1))
-        rows = scores if pending is None else scores[pending]
-        top, idx = rows.topk(k, dim=-1)  # (b, k), descending
-        probs = (top - (lse if pending is None else lse[pending])).exp()  # true probabilities
+    width = min(WIDTH, scores.size(-1))
+    b = scores.size(0)
+    weights = scores.new_zeros(b, width)  # the nucleus's probabilities, zero elsewhere
+    cand = torch.zeros(b, width, dtype=torch.long, device=scores.device)
+    covered = torch.zeros(b, dtype=torch.bool, device=scores.device)
+    rows = None  # rows searched at this width (None: all)
+    for k in (min(FIRST, width), width):
+        sub = scores if rows is None else scores[rows]
+        top, idx = sub.topk(k, dim=-1)  # (r, k), descending
+        probs = (top - (lse if rows is None else lse[rows])).exp()  # true probabilities
         keep = probs.cumsum(-1) - probs < top_p  # mass strictly above each token < top_p
         keep[:, 0] = True
-        covered = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
-        at = torch.arange(rows.size(0), device=scores.device) if pending is None else pending
-        if covered.any():
-            w = torch.where(keep[covered], probs[covered], torch.zeros_like(probs[covered]))
-            pick = torch.multinomial(w, 1, generator=generator)
-            out[at[covered]] = idx[covered].gather(-1, pick).squeeze(-1)
-        pending = at[~covered]
-        if not len(pending):
-            return out
-    rest = scores[pending]  # a flat distribution: the exact, slow way for those rows
-    masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
-    out[pending] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
+        found = probs.sum(-1) >= top_p  # the nucleus lies inside the top k
+        at = torch.arange(b, device=scores.device) if rows is None else rows
+        weights[at, :k] = torch.where(keep, probs, torch.zeros_like(probs))
+        cand[at, :k] = idx
+        covered[at] = found
+        rows = at[~found]
+        if not len(rows) or k == width:
+            break
+    out = torch.empty(b, dtype=torch.long, device=scores.device)
+    if covered.any():
+        pick = torch.multinomial(weights[covered], 1, generator=generator)
+        out[covered] = cand[covered].gather(-1, pick).squeeze(-1)
+    if not covered.all():  # a flat distribution: the exact, slow way for those rows
+        rest = scores[~covered]
+        masked = rest.masked_fill(~top_p_keep(rest, top_p), float("-inf"))
+        out[~covered] = torch.multinomial(masked.softmax(-1), 1, generator=generator).squeeze(-1)
     return out
 
 

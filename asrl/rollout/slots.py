@@ -4,19 +4,19 @@ The reference loop (``asrl/model/generation.py``) calls the training model once 
 with a cache grown by concatenation, decodes every row until the longest one ends and, under
 bf16 autocast, re-casts every fp32 weight at every step. Here:
 
-* **A decode copy** of the model holds the merged (base + LoRA) weights once, in the decode
-  dtype (bf16 where ``model.autocast`` picks it): ``sync`` copies them in before each round
+* **A decode copy** of the model's merged (base + LoRA) weights, once, in the decode dtype
+  (bf16 where ``model.autocast`` picks it), fused and packed for the matmul library
+  (``decoder.py``, a written-out forward): ``sync`` loads them before each round
   (``perf/weight_sync_s``), as vLLM's colocate mode does. The training model is untouched.
 * **Slots.** The KV cache is two tensors (layers, slots, kv heads, positions, head dim)
-  allocated once per call; ``max_batch_tokens`` bounds slots x positions. The active rows
+  allocated once and kept; ``max_batch_tokens`` bounds slots x positions. The active rows
   always fill slots ``[0, n)``, so attention reads a view, never a gathered copy.
 * **Continuous batching.** A row that ends frees its slot (the last active row moves into
   it) and a waiting row is prefilled there, so no step decodes padding past a row's end.
   Rows of one prompt that are admitted together share one prefill.
-* **Attention** goes through transformers' attention interface (``asrl_slots``): the model's
-  own embeddings, norms, rotary and MLP run unchanged, and only attention reads and writes
-  the slot cache. A decode step puts the query heads that share a KV head side by side, so
-  grouped-query attention needs no repeated keys.
+* **Attention** (``_attend``) reads and writes the slot cache. A decode step puts the query
+  heads that share a KV head side by side, so grouped-query attention needs no repeated
+  keys, and adds one (rows, positions) mask, built once per step, in the same matmul.
 
 Sampling is the reference loop's (``next_token``: exact top-p, transformers' distribution)
 from one seeded generator, so a seed and a config reproduce a round.
@@ -24,7 +24,6 @@ from one seeded generator, so a seed and a config reproduce a round.
 
 from __future__ import annotations
 
-import copy
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -35,12 +34,11 @@ import torch.nn.functional as F
 from asrl.errors import ConfigError
 from asrl.model.generation import SAMPLE_ROWS, next_token, sample_workspace
 from asrl.model.loading import Policy
-from asrl.model.numerics import upcast
+from asrl.rollout.decoder import Decoder, unsupported
 
 # architectures whose attention is plain causal softmax attention through transformers'
 # interface (no sliding window, no soft-capping, no attention sinks): the slot cache is exact
 SUPPORTED = ("llama", "qwen2", "qwen3", "mistral", "smollm3")
-IMPL = "asrl_slots"
 DEFAULT_MAX_BATCH_TOKENS = 65_536  # KV-cache positions held at once (rows x positions)
 # prompt tokens per prefill forward: one forward of 32 prompts (2,016 tokens) ran its
 # elementwise ops 3x slower per element than forwards of a quarter of it (fresh, page-faulted
@@ -57,63 +55,47 @@ def supports(policy: Policy) -> str | None:
         return f"model type '{cfg.model_type}' is not one of {', '.join(SUPPORTED)}"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "use_sliding_window", True):
         return "the model uses sliding-window attention"
-    return None
+    return unsupported(cfg)
 
 
 @dataclass
 class _Slots:
-    """What the attention function needs for one forward: the cache and where to write."""
+    """What attention needs for one forward: the cache and where to write."""
 
     k: torch.Tensor  # (L, S, Hkv, T, D)
     v: torch.Tensor
     n: int = 0  # active rows, in slots [0, n)
     lens: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.long))  # (S,)
     prefill_to: torch.Tensor | None = None  # (k,) slots the prefill rows are written to
+    bias: torch.Tensor | None = None  # (n * Hkv, 1, T): 0 where written, -inf past a row's end
+    scale: float = 1.0
 
 
-def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kw):
-    """transformers' attention signature; query (B, H, T, D), key/value (B, Hkv, T, D)."""
-    st: _Slots = kw["asrl_slots"]
-    layer = module.layer_idx
-    scale = scaling if scaling is not None else query.size(-1) ** -0.5
+def _attend(st: _Slots, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    """q (B, T, H, D), k and v (B, T, Hkv, D) -> (B, T, H * D), through the slot cache."""
+    B, T, H, D = q.shape
     if st.prefill_to is not None:  # new prompts, right-padded: causal attention is exact
-        T = key.size(2)
-        st.k[layer, st.prefill_to, :, :T] = key.to(st.k.dtype)
-        st.v[layer, st.prefill_to, :, :T] = value.to(st.v.dtype)
+        kt, vt = k.transpose(1, 2), v.transpose(1, 2)
+        st.k[layer, st.prefill_to, :, :T] = kt
+        st.v[layer, st.prefill_to, :, :T] = vt
         out = F.scaled_dot_product_attention(
-            query, key, value, is_causal=True, scale=scale, enable_gqa=True
+            q.transpose(1, 2), kt, vt, is_causal=True, scale=st.scale, enable_gqa=True
         )
-        return out.transpose(1, 2).contiguous(), None
-    n, H, _, D = query.shape  # one new token per active row
-    rows = torch.arange(n, device=query.device)
+        return out.transpose(1, 2).reshape(B, T, H * D)
+    n, hkv = B, k.size(2)  # one new token per active row
+    rows = torch.arange(n, device=q.device)
     pos = st.lens[:n]
-    st.k[layer, rows, :, pos] = key[:, :, 0].to(st.k.dtype)
-    st.v[layer, rows, :, pos] = value[:, :, 0].to(st.v.dtype)
+    st.k[layer, rows, :, pos] = k[:, 0]
+    st.v[layer, rows, :, pos] = v[:, 0]
     # the whole width of the cache: a view of the first n slots is contiguous, a slice of
-    # positions is not and matmul would copy it at every layer (measured: most of the step)
-    keys, values = st.k[layer, :n], st.v[layer, :n]
-    width = keys.size(2)
-    hkv = keys.size(1)
-    q = query.view(n, hkv, H // hkv, D)  # query heads of one KV head as a short "sequence"
-    # written out rather than SDPA: with a mask, CPU SDPA took the math path at twice this
-    # time (0.79 vs 0.40 ms per layer at 48 rows, bf16, AMD EPYC with AVX512-BF16)
-    hidden = torch.arange(width, device=query.device) > pos[:, None]  # (n, W): not yet written
-    scores = upcast(torch.matmul(q, keys.transpose(-1, -2))) * scale  # (n, Hkv, H/Hkv, W)
-    probs = scores.masked_fill_(hidden[:, None, None, :], float("-inf")).softmax(-1)
-    out = torch.matmul(probs.to(values.dtype), values)  # (n, Hkv, H/Hkv, D)
-    return out.reshape(n, 1, H, D), None
-
-
-def _no_mask(*args, **kwargs):  # the attention function masks by itself
-    return None
-
-
-def _register() -> None:
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    AttentionInterface.register(IMPL, _attention)
-    AttentionMaskInterface.register(IMPL, _no_mask)
+    # positions is not and matmul would copy it at every layer
+    width = st.k.size(3)
+    keys = st.k[layer, :n].view(n * hkv, width, D)
+    values = st.v[layer, :n].view(n * hkv, width, D)
+    group = q.reshape(n * hkv, H // hkv, D)  # query heads of one KV head as a short "sequence"
+    scores = torch.baddbmm(st.bias, group, keys.transpose(1, 2), alpha=st.scale)
+    out = torch.bmm(scores.softmax(-1), values)  # (n * Hkv, H / Hkv, D)
+    return out.view(n, 1, H * D)
 
 
 def merged_weights(policy: Policy) -> Iterator[tuple[str, torch.Tensor]]:
@@ -137,22 +119,11 @@ class SlotEngine:
         why = supports(policy)
         if why:
             raise ConfigError(f"rollout.engine: asrl cannot decode this model: {why}")
-        _register()
         self.policy = policy
         self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS
         self.dtype = policy.autocast_dtype or next(policy.model.parameters()).dtype
-        base = policy.model.get_base_model()
-        with torch.device("meta"):
-            model = type(base)(copy.deepcopy(base.config))
-        model.config._attn_implementation = IMPL
-        self.model = model.to_empty(device=policy.device).to(self.dtype).eval()
-        self.model.requires_grad_(False)
-        # buffers (rotary inv_freq: not in state_dict) as the base has them, in its dtype:
-        # rotary angles in bf16 would drift from the training model's
-        for name, b in base.named_buffers():
-            owner, _, leaf = name.replace(".base_layer", "").rpartition(".")
-            self.model.get_submodule(owner)._buffers[leaf] = b.detach().clone()
-        self.targets = dict(self.model.state_dict(keep_vars=True))
+        self.decoder = Decoder(policy.model.get_base_model(), self.dtype)
+        self.config = self.decoder.config
         self.sync_s = 0.0  # seconds of the last weight sync
         # kept between calls: fresh buffers this size are page-faulted in at every call
         # (zero-filling a 234 MB cache took 0.9 s), reused ones are not
@@ -180,14 +151,7 @@ class SlotEngine:
         """Copy the policy's current merged weights into the decode copy; returns seconds."""
         start = time.perf_counter()
         with torch.no_grad(), self.policy.merged():
-            seen = set()
-            for name, t in merged_weights(self.policy):
-                if name in self.targets:
-                    self.targets[name].data.copy_(t)
-                    seen.add(name)
-        missing = set(self.targets) - seen
-        if missing:
-            raise RuntimeError(f"decode copy: no weights for {sorted(missing)[:3]}")
+            self.decoder.load(merged_weights(self.policy))
         self.sync_s = time.perf_counter() - start
         return self.sync_s
 
@@ -215,7 +179,7 @@ class SlotEngine:
         row_of = [-1] * slots  # the prompt each slot decodes
         made = torch.zeros(slots, dtype=torch.long, device=dev)  # tokens sampled per slot
         toks = torch.zeros(slots, max_new_tokens, dtype=torch.long, device=dev)
-        vocab = self.model.config.vocab_size
+        vocab = self.config.vocab_size
         logits = self._buffer("_logits", slots * vocab).view(slots, vocab)
         if self._work is None or self._work.size(1) < min(slots, SAMPLE_ROWS):
             self._work = sample_workspace(slots, vocab, dev)
@@ -247,37 +211,33 @@ class SlotEngine:
         return out
 
     def _slots(self, slots: int, width: int) -> _Slots:
-        cfg = self.model.config
-        hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        shape = (cfg.num_hidden_layers, slots, cfg.num_key_value_heads, width, hd)
+        d = self.decoder
+        shape = (len(d.rope), slots, d.kv_heads, width, d.head_dim)
         numel = torch.Size(shape).numel()
         kv = self._buffer("_kv", 2 * numel)
         return _Slots(
             kv[:numel].view(shape),
             kv[numel:].view(shape),
             lens=torch.zeros(slots, dtype=torch.long, device=self.policy.device),
+            scale=d.scaling,
         )
 
     def _forward(self, st: _Slots, ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Hidden states (B, T, d) of the decode copy's decoder, attention on the slots."""
-        decoder = self.model.get_decoder()
-        out = decoder(input_ids=ids, position_ids=positions, use_cache=False, asrl_slots=st)
-        return out.last_hidden_state
+        return self.decoder.forward(ids, positions, lambda i, q, k, v: _attend(st, i, q, k, v))
 
     def _step(self, st: _Slots, toks: torch.Tensor, made: torch.Tensor, logits: torch.Tensor):
         """One token for every active row: feed its last sample, write its logits."""
         n = st.n
         rows = torch.arange(n, device=toks.device)
-        hidden = self._forward(st, toks[rows, made[:n] - 1][:, None], st.lens[:n, None])
-        self._head(hidden[:, -1], logits[:n])
+        width = st.k.size(3)
+        hidden = torch.arange(width, device=toks.device) > st.lens[:n, None]  # not yet written
+        bias = torch.zeros(n, width, dtype=st.k.dtype, device=toks.device)
+        bias.masked_fill_(hidden, float("-inf"))
+        st.bias = bias.repeat_interleave(st.k.size(2), 0)[:, None]  # (n * Hkv, 1, T)
+        out = self._forward(st, toks[rows, made[:n] - 1][:, None], st.lens[:n, None])
+        logits[:n] = self.decoder.head(out[:, -1])
         st.lens[:n] += 1
-
-    def _head(self, hidden: torch.Tensor, out: torch.Tensor) -> None:
-        """The LM head's logits (n, V) written into ``out`` (a reused buffer)."""
-        head = self.model.get_output_embeddings()
-        torch.matmul(hidden, head.weight.t(), out=out)
-        if getattr(head, "bias", None) is not None:
-            out += head.bias
 
     def _prefill(self, st: _Slots, new: list[list[int]], logits: torch.Tensor) -> None:
         """Rows ``new`` into slots [n, n + len(new)): each distinct prompt is run once (its
@@ -295,7 +255,6 @@ class SlotEngine:
         for j, s in enumerate(src):
             first_of.setdefault(s, st.n + j)
         first = torch.tensor([first_of[i] for i in range(len(unique))], device=dev)
-        head = self.model.get_output_embeddings()
         per = max(1, PREFILL_TOKENS // T)  # prompts per forward: bounded activations
         for a in range(0, len(unique), per):
             b = min(a + per, len(unique))
@@ -306,7 +265,7 @@ class SlotEngine:
             finally:
                 st.prefill_to = None
             last = hidden[torch.arange(b - a, device=dev), lens[a:b] - 1]
-            logits.index_copy_(0, first[a:b], head(last).to(logits.dtype))
+            logits.index_copy_(0, first[a:b], self.decoder.head(last).to(logits.dtype))
         # the other rows of a shared prompt: its keys and logits, copied from its first slot
         # (a run of consecutive rows by broadcasting, no gathered temporary)
         j = 0

@@ -96,3 +96,16 @@ def test_shared_prompt_logps_equal_full_forward_values_and_gradients(policy):
     assert torch.allclose(lp_a, lp_b, atol=1e-5)
     worst = max(float((x - y).abs().max() / (x.abs().max() + 1e-12)) for x, y in zip(g_a, g_b))
     assert worst < 1e-4, worst
+
+
+@pytest.mark.parametrize("sharpness", [0.3, 3.0, 12.0, 40.0])  # flat (fallback) .. one token
+def test_the_first_search_draws_what_the_wide_search_draws(sharpness, monkeypatch):
+    """Rows whose nucleus lies in the top 64 draw over the same 1024 candidates (zeros after
+    the 64): sample for sample, the same tokens as a 1024-only search from the same seed."""
+    import asrl.model.generation as gen_mod
+
+    scores = torch.randn(96, 5000, generator=torch.Generator().manual_seed(4)) * sharpness
+    fast = sample_top_p(scores, 0.95, torch.Generator().manual_seed(5))
+    monkeypatch.setattr(gen_mod, "FIRST", gen_mod.WIDTH)
+    wide = sample_top_p(scores, 0.95, torch.Generator().manual_seed(5))
+    assert torch.equal(fast, wide)

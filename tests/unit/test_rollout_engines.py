@@ -97,7 +97,7 @@ def test_prefill_logits_equal_the_models_forward(policy):
     engine = SlotEngine(policy)
     engine.sync()
     st = engine._slots(len(prompts), 40)
-    logits = torch.empty(len(prompts), engine.model.config.vocab_size)
+    logits = torch.empty(len(prompts), engine.config.vocab_size)
     with torch.inference_mode():
         engine._prefill(st, prompts, logits)
         for i, p in enumerate(prompts):
