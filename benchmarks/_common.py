@@ -12,6 +12,7 @@ import platform
 import resource
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 # LoRA on all seven projections, as asrl's default ``model.lora.target_modules``
@@ -57,6 +58,28 @@ def cpu_name() -> str:
         out = ""
     names = (ln.split(":", 1)[1].strip() for ln in out.splitlines() if ln.startswith("Model name"))
     return next(names, "") or platform.processor() or "unknown"
+
+
+def cpu_flags() -> str:
+    """The vector and matrix extensions this CPU has, of those that decide matmul speed."""
+    flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
+    want = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
+    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/amx"
+
+
+def cpu_family() -> str:
+    """lscpu's CPU family and model numbers (they tell EPYC generations apart)."""
+    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    get = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
+    return f"family {get.get('CPU family', '?')} model {get.get('Model', '?')}"
+
+
+def commit() -> str:
+    """This checkout's commit, with '+changes' when the working tree differs from it."""
+    git = ["git", "-C", str(Path(__file__).resolve().parent)]
+    sha = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    dirty = subprocess.run([*git, "status", "--porcelain", "-uno"], capture_output=True, text=True)
+    return sha.stdout.strip() + ("+changes" if dirty.stdout.strip() else "")
 
 
 def load_start(config: str, data: str, sets: list[str], adapter: str, seed: int = 0):

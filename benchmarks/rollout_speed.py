@@ -35,23 +35,19 @@ import time
 import types
 from pathlib import Path
 
-from _common import cpu_name, print_result, progress, resolve_precision
+from _common import (
+    commit,
+    cpu_family,
+    cpu_flags,
+    cpu_name,
+    print_result,
+    progress,
+    resolve_precision,
+)
 
 HERE = Path(__file__).resolve()
 REFERENCE_COMMIT = "39b4104"
 CONFIG = "configs/demo.yaml"
-
-
-def cpu_flags() -> str:
-    flags = set(Path("/proc/cpuinfo").read_text().split("flags")[1].split("\n")[0].split())
-    want = ["avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile"]
-    return " ".join(f for f in want if f in flags) or "none of avx2/avx512/amx"
-
-
-def cpu_family() -> str:
-    out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    get = {k.strip(): v.strip() for k, _, v in (ln.partition(":") for ln in out.splitlines())}
-    return f"family {get.get('CPU family', '?')} model {get.get('Model', '?')}"
 
 
 def parse_shape(shape: str) -> tuple[int, int, bool]:
@@ -271,7 +267,8 @@ def main() -> None:
     from _common import run_child
 
     results: dict = {"cpu": cpu_name(), "cpu_id": cpu_family(), "flags": cpu_flags(),
-                     "precision": args.precision, "shapes": {}}  # fmt: skip
+                     "precision": args.precision, "date": time.strftime("%Y-%m-%d"),
+                     "commit": commit(), "shapes": {}}  # fmt: skip
     for shape in args.shapes.split(","):
         Q, G, greedy = parse_shape(shape)
         per = {}
@@ -300,6 +297,7 @@ def main() -> None:
 
 def report(results: dict) -> None:
     eb = 2 if results["precision"] == "bf16" else 4
+    print(f"{results.get('date', '?')}, commit {results.get('commit', '?')}")
     print(f"CPU: {results['cpu']} ({results['cpu_id']}; {results['flags']}); "
           f"precision {results['precision']}")  # fmt: skip
     print(f"{'shape':7} {'engine':6} {'n':>2} {'best':>9} {'median':>7} {'x ref':>6} "
