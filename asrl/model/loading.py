@@ -8,11 +8,13 @@ model with the adapter disabled, so no second copy is held.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import importlib.util
 import logging
 import os
 import shutil
 import tempfile
+import time
 import types
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -58,37 +60,57 @@ def embedded_gguf() -> Path:
     return path
 
 
-def convert_gguf(gguf: Path, out: Path) -> Path:
+def convert_gguf(gguf: Path, out: Path, wait_s: float = 900.0) -> Path:
     """Dequantise a GGUF checkpoint once into a safetensors directory transformers can train.
 
     transformers loads GGUF weights dequantised but marks the model as quantised, and then
     refuses to train it; dropping the quantisation config and saving gives a plain model.
     Written to a temporary directory then renamed, so an interrupted conversion leaves nothing.
+    One process converts: in a launched group the main process (transformers' save_pretrained
+    writes nothing on the other ranks), the others wait for it; independent processes (a
+    compare's jobs) take a file lock, and the second finds the first one's result.
     """
     if (out / "config.json").is_file():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
-    if distributed.current().is_main:
+    if not distributed.current().is_main:
+        return _wait_for(out, wait_s)
+    with open(out.parent / f".{out.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out / "config.json").is_file():  # converted while this process waited
+            return out
         print(f"model: converting {gguf.name} to safetensors in {out} (once)", flush=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
-    try:
-        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, dtype=torch.float32
-        )
-        if getattr(model.config, "quantization_config", None) is not None:
-            del model.config.quantization_config
-        model.hf_quantizer = None
-        with quiet.library_call():  # DeepSpeed's import notice (asrl/quiet.py)
-            model.save_pretrained(tmp, safe_serialization=True)
-        tok.save_pretrained(tmp)
+        tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
         try:
+            tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            model = AutoModelForCausalLM.from_pretrained(
+                gguf.parent, gguf_file=gguf.name, dtype=torch.float32
+            )
+            if getattr(model.config, "quantization_config", None) is not None:
+                del model.config.quantization_config
+            model.hf_quantizer = None
+            with quiet.library_call():  # DeepSpeed's import notice (asrl/quiet.py)
+                model.save_pretrained(tmp, safe_serialization=True)
+            tok.save_pretrained(tmp)
+            if not (tmp / "config.json").is_file():
+                raise RuntimeError(f"model: converting {gguf} wrote no config.json in {tmp}")
+            shutil.rmtree(out, ignore_errors=True)  # a partial directory from an older version
             tmp.rename(out)
-        except OSError:  # another process converted it meanwhile
-            if not (out / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def _wait_for(out: Path, wait_s: float) -> Path:
+    """A non-main process of a launched group: wait until the main one has converted ``out``."""
+    deadline = time.monotonic() + wait_s
+    while not (out / "config.json").is_file():
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"model: waited {wait_s:.0f} s for the main process to convert the model into "
+                f"{out}; did it fail? Its log says why."
+            )
+        time.sleep(0.5)
     return out
 
 

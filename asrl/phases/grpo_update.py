@@ -150,8 +150,15 @@ def grpo_update(
                 if not needs_old(k) and cfg.beta == 0:
                     continue  # on-policy: old = logps.detach(), no extra pass
                 if mb is None:
-                    for _ in range(needs_old(k) + (cfg.beta > 0)):
+                    # a dummy makes a real micro-batch's calls in the same adapter modes: FSDP's
+                    # all-gathers must match call for call, and one process's reference pass
+                    # (adapter disabled) against another's adapter pass mismatched them (CI,
+                    # torch 2.13, peft 0.22: gloo "collective mismatch")
+                    if needs_old(k):
                         _logps(policy, dummy, cfg.temperature)
+                    if cfg.beta > 0:
+                        with policy.reference():
+                            _logps(policy, dummy, cfg.temperature)
                     continue
                 b = batch_of(mb)
                 if needs_old(k):
