@@ -26,10 +26,14 @@ def preflight(cfg: Config) -> Config:
             f"schedule.method: '{cfg.schedule.method}' is not one of {', '.join(sorted(METHODS))}"
         )
     check_model_path(cfg.model.name)
-    if cfg.data.path.startswith("reasoning_gym:"):
-        from asrl.data.gym import check_task  # reasoning-gym is an optional extra
+    for key, where in (
+        ("data.path", cfg.data.path),
+        ("grpo.question_source", cfg.grpo.question_source),
+    ):
+        if where.startswith("reasoning_gym:"):
+            from asrl.data.gym import check_task  # reasoning-gym is an optional extra
 
-        check_task(cfg.data.path.split(":", 1)[1], cfg.data.reasoning_gym.options)
+            check_task(where.split(":", 1)[1], cfg.data.reasoning_gym.options, key)
     _check_rewards(cfg.reward)
     from asrl.tracking.trackers import check_available
 

@@ -62,3 +62,5 @@ class PhaseResult:
     steps: int = 0
     # a few completions for a human to read (samples.jsonl, the trackers' text)
     samples: list[dict[str, Any]] = field(default_factory=list)
+    # ids of the records the phase trained on with their references (an SFT phase's)
+    record_ids: list[str] = field(default_factory=list)

@@ -69,6 +69,12 @@ def validate(cfg: Config) -> None:
     _require(g.rounds_per_phase >= 1, "grpo.rounds_per_phase", "must be >= 1")
     _require(g.max_resample_rounds >= 0, "grpo.max_resample_rounds", "must be >= 0")
     _one_of(g.question_selection, QUESTION_SELECTIONS, "grpo.question_selection")
+    _require(
+        g.question_source in ("train", "generator")
+        or g.question_source.startswith("reasoning_gym:"),
+        "grpo.question_source",
+        f"must be train, generator or reasoning_gym:TASK, got {g.question_source!r}",
+    )
     _require(0 < g.pass_rate_ema <= 1, "grpo.pass_rate_ema", "must be in (0, 1]")
     _require(g.pass_rate_floor > 0, "grpo.pass_rate_floor", "must be > 0")
     _require(g.micro_batch_size >= 1, "grpo.micro_batch_size", "must be >= 1")

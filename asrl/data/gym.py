@@ -56,15 +56,16 @@ def task_names() -> list[str]:
     return sorted(DATASETS)
 
 
-def check_task(task: str, options: Mapping[str, Any] | None = None) -> None:
-    """Fail with an actionable message on an unknown task or options it rejects."""
+def check_task(task: str, options: Mapping[str, Any] | None = None, key: str = "data.path") -> None:
+    """Fail with an actionable message on an unknown task or options it rejects (the
+    message names ``key``, the setting that asked for the task)."""
     rg = _reasoning_gym()
     names = task_names()
     if task not in names:
         close = difflib.get_close_matches(task, names, n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
         raise ConfigError(
-            f"data.path: '{task}' is not a reasoning-gym task.{hint} Known: {', '.join(names)}"
+            f"{key}: '{task}' is not a reasoning-gym task.{hint} Known: {', '.join(names)}"
         )
     options = dict(options or {})
     clash = sorted({"seed", "size"} & set(options))

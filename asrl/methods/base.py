@@ -21,7 +21,8 @@ from asrl.config import Config, ScheduleConfig
 from asrl.data.render import TokenizedCache
 from asrl.model.loading import Policy
 from asrl.phases.grpo import run_grpo_phase
-from asrl.phases.selection import PassRates
+from asrl.phases.questions import phase_seed, procedural_questions, questions_needed
+from asrl.phases.selection import PassRates, SFTHistory, least_recently_trained
 from asrl.phases.sft import run_sft_phase
 from asrl.rewards.builtin import RewardSet
 from asrl.tracking.metrics import MetricsLog, console
@@ -45,6 +46,8 @@ class PhaseContext:
     rng: random.Random
     seed: int
     desc: str
+    sft_history: SFTHistory  # when an SFT phase last trained each train record
+    heldout: list[Example]  # the validation and test splits (never trained on)
 
 
 class RunView(Protocol):
@@ -95,7 +98,12 @@ class Method:
 def run_sft(ctx: PhaseContext) -> PhaseResult:
     """The SFT phase on the current train split (over-length examples dropped, counted)."""
     data, dropped = ctx.tokenized(ctx.train)
+    cap = ctx.cfg.sft.max_examples_per_phase
+    if ctx.cfg.sft.unseen_first and cap is not None and len(data) > cap:  # new data first
+        ids = [t.example_id for t in data]
+        data = [data[i] for i in least_recently_trained(ids, cap, ctx.rng, ctx.sft_history)]
     result = run_sft_phase(ctx.policy, data, ctx.cfg.sft, ctx.optimizers["sft"], ctx.rng, ctx.desc)
+    ctx.sft_history.mark(result.record_ids, ctx.epoch)
     result.metrics["data/dropped_too_long"] = len(dropped)
     if dropped:
         console(f"sft: dropped {len(dropped)} example(s) over {ctx.cfg.data.max_length} tokens")
@@ -106,7 +114,7 @@ def run_grpo(ctx: PhaseContext) -> PhaseResult:
     """The GRPO phase: rounds of sampled groups, scored, group-normalised, clipped updates."""
     return run_grpo_phase(
         ctx.policy,
-        ctx.train,
+        grpo_questions(ctx),
         ctx.cfg.grpo,
         ctx.rewards,
         ctx.optimizers["grpo"],
@@ -115,4 +123,22 @@ def run_grpo(ctx: PhaseContext) -> PhaseResult:
         ctx.cfg.data.system_prompt,
         ctx.desc,
         pass_rates=ctx.pass_rates,
+        sft_history=ctx.sft_history,
+    )
+
+
+def grpo_questions(ctx: PhaseContext) -> list[Example]:
+    """What a GRPO phase draws its questions from (``grpo.question_source``): the train
+    split, or new procedural questions, none with the text of a question the dataset holds."""
+    g, data = ctx.cfg.grpo, ctx.cfg.data
+    if g.question_source == "train":
+        return ctx.train
+    return procedural_questions(
+        g.question_source,
+        questions_needed(g),
+        phase_seed(ctx.seed),
+        ctx.cfg.format.spec(),
+        data.generate.mix,
+        data.reasoning_gym,
+        [*ctx.train, *ctx.heldout],
     )

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from asrl.config import GRPOConfig, ScheduleConfig
-from asrl.methods.base import Method, PhaseContext, RunView
+from asrl.methods.base import Method, PhaseContext, RunView, grpo_questions
 from asrl.model.loading import Policy
 from asrl.parallel import distributed
 from asrl.phases.common import backward
@@ -62,12 +62,14 @@ def run_chord_phase(
     system_prompt: str | None = None,
     desc: str = "chord",
     pass_rates: PassRates | None = None,
+    questions: list[Example] | None = None,
 ) -> PhaseResult:
     """One GRPO round whose every optimizer step k uses mu = chord_mu(step0 + k, ...).
 
     A weight of exactly 0 skips that side's backward pass (mu_valley = 0 costs no SFT).
     The expert micro-batches come from their own RNG (from ``seed``) so the GRPO side sees
-    exactly what ``run_grpo_phase`` would with the same ``rng`` and ``seed``.
+    exactly what ``run_grpo_phase`` would with the same ``rng`` and ``seed``. The SFT side
+    samples ``train``; the GRPO side draws from ``questions`` (default: ``train`` too).
     """
     sft_rng = random.Random(f"{seed}:chord-sft")
     counts = {"examples": 0, "tokens": 0}
@@ -100,7 +102,17 @@ def run_chord_phase(
 
     hooks = GRPOHooks(loss_scale=lambda k: 1.0 - mu(k), extra_backward=sft_backward)
     result = run_grpo_phase(
-        policy, train, cfg, rewards, optimizer, rng, seed, system_prompt, desc, hooks, pass_rates
+        policy,
+        train if questions is None else questions,
+        cfg,
+        rewards,
+        optimizer,
+        rng,
+        seed,
+        system_prompt,
+        desc,
+        hooks,
+        pass_rates,
     )
     result.phase = "chord"
     result.examples_seen += counts["examples"]
@@ -140,6 +152,7 @@ class Chord(Method):
             system_prompt=cfg.data.system_prompt,
             desc=ctx.desc,
             pass_rates=ctx.pass_rates,
+            questions=grpo_questions(ctx),
         )
 
     def observe(self, phase: str, result: PhaseResult) -> None:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from asrl.config import GRPOConfig, ScheduleConfig, SFTConfig
-from asrl.methods.base import Method, PhaseContext, RunView
+from asrl.methods.base import Method, PhaseContext, RunView, grpo_questions
 from asrl.model.loading import Policy
 from asrl.parallel import distributed
 from asrl.phases.common import backward, clip_and_step, set_lr
@@ -151,7 +151,7 @@ class ReLIFT(Method):
         cfg = ctx.cfg
         return run_relift_phase(
             ctx.policy,
-            ctx.train,
+            grpo_questions(ctx),
             cfg.grpo,
             cfg.sft,
             ctx.rewards,

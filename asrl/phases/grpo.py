@@ -35,7 +35,7 @@ from asrl.phases.rollouts import (
     select_groups,
     truncated,
 )
-from asrl.phases.selection import PassRates, choose_questions
+from asrl.phases.selection import PassRates, SFTHistory, choose_questions
 from asrl.rewards.builtin import RewardSet
 from asrl.tracking.metrics import console
 from asrl.types import Example, PhaseResult, Rollout
@@ -51,6 +51,7 @@ class _RoundDraw:
     resamples: int = 0  # extra rollouts after the first (dynamic sampling)
     filtered: int = 0  # groups dropped for equal rewards
     unseen: int = 0  # questions without a pass rate when chosen
+    sft_trained: int = 0  # questions an SFT phase of this run had trained on
     seen_rates: list[float] = field(default_factory=list)  # pass rates of the others
 
 
@@ -71,6 +72,7 @@ def _sample_round(
     round_: int,
     rates: PassRates,
     system_prompt: str | None,
+    history: SFTHistory | None = None,
 ) -> _RoundDraw:
     """Draw questions, sample and score their groups; with ``filter_zero_std`` drop the
     groups with equal rewards and draw again (questions not yet used this round) until
@@ -88,12 +90,13 @@ def _sample_round(
     informative = 0
     attempts = 1 + (cfg.max_resample_rounds if cfg.filter_zero_std else 0)
     for attempt in range(attempts):
-        idx = choose_questions(train, want - informative, rng, cfg, rates, used)
+        idx = choose_questions(train, want - informative, rng, cfg, rates, used, history)
         if not idx:
             break  # every train record was tried this round
         used.update(idx)
         questions = [train[i] for i in idx]
         for q in questions:
+            draw.sft_trained += history is not None and history.get(q.id) is not None
             p = rates.get(q.id)
             if p is None:
                 draw.unseen += 1
@@ -132,6 +135,7 @@ def run_grpo_phase(
     desc: str = "grpo",
     hooks: GRPOHooks | None = None,
     pass_rates: PassRates | None = None,
+    sft_history: SFTHistory | None = None,
 ) -> PhaseResult:
     """``rounds_per_phase`` rounds: sample (``_sample_round``), then ``grpo_update``.
 
@@ -139,7 +143,8 @@ def run_grpo_phase(
     planned steps (rounds x steps_per_round x num_iterations; the paper's "slight decay
     during GRPO"); the loop resets it next epoch. A round left with no informative group
     (dynamic sampling) takes no step: it is logged (``train/skipped_updates``) and the
-    phase goes on. ``pass_rates``: the run's record pass rates, updated in place.
+    phase goes on. ``pass_rates``: the run's record pass rates, updated in place;
+    ``sft_history``: when each record was last SFT-trained (``grpo.fresh_questions``).
     """
     start = time.perf_counter()
     hooks = hooks or GRPOHooks()
@@ -166,7 +171,9 @@ def run_grpo_phase(
     steps = 0
     for r in range(cfg.rounds_per_phase):
         bar.set_description(f"{desc} (sampling)")
-        draw = _sample_round(policy, train, cfg, rewards, rng, seed, r, rates, system_prompt)
+        draw = _sample_round(
+            policy, train, cfg, rewards, rng, seed, r, rates, system_prompt, sft_history
+        )
         draws.append(draw)
         bar.update(1)
         bar.set_description(desc)
@@ -231,6 +238,8 @@ def run_grpo_phase(
         "train/completion_len": everything.tokens_generated / max(len(everything.completions), 1),
         "train/lr": updates[-1].lr if updates else cfg.lr,
         "train/questions_unseen": sum(dr.unseen for dr in draws),
+        # questions an SFT phase of this run had trained on (grpo.fresh_questions puts them last)
+        "train/questions_sft_trained": sum(dr.sft_trained for dr in draws),
         "train/questions_mean_pass_rate": (
             sum(seen_rates) / len(seen_rates) if seen_rates else float("nan")
         ),

@@ -184,6 +184,7 @@ def run_sft_phase(
         tokens_trained=tokens,
         seconds=seconds,
         steps=len(windows),
+        record_ids=[t.example_id for t in data],
     )
 
 

@@ -24,7 +24,7 @@ from asrl.model.loading import Policy
 from asrl.parallel import distributed
 from asrl.parallel.interrupt import check as check_interrupt
 from asrl.phases.common import StepGuard, guarded_steps
-from asrl.phases.selection import PassRates
+from asrl.phases.selection import PassRates, SFTHistory
 from asrl.phases.sft import sft_grad_norm_probe
 from asrl.rewards.builtin import RewardSet
 from asrl.tracking.metrics import MetricsLog, console
@@ -54,6 +54,7 @@ class Run:
     tokenized: TokenizedCache | None = None  # train examples tokenized once per run
     resume_phases: int = 0  # phases of the next epoch already done (mid-epoch resume)
     pass_rates: PassRates = field(default_factory=PassRates)  # train records' GRPO pass rates
+    sft_history: SFTHistory = field(default_factory=SFTHistory)  # epoch of each record's last SFT
     start_adapter: dict[str, Any] | None = None  # model.adapter's record (summary.json)
     # training time (schedule.time_budget_s): seconds spent before this process (from the
     # checkpoint resumed), plus this process's since start_clock()
@@ -72,6 +73,7 @@ class Run:
             "data_sizes": self.data_sizes,
             "schedule": self.method.state(),
             "pass_rates": self.pass_rates.state(),
+            "sft_history": self.sft_history.state(),
             "elapsed_s": self.elapsed_s(),
             "start_adapter": self.start_adapter,
         }
@@ -87,6 +89,7 @@ class Run:
         self.ledger, self.data_sizes = state["ledger"], state["data_sizes"]
         self.method.restore(state.get("schedule", {}))
         self.pass_rates.restore(state.get("pass_rates", {}))
+        self.sft_history.restore(state.get("sft_history", {}))
         self.train_s_before = float(state.get("elapsed_s", 0.0))
         self.start_adapter = state.get("start_adapter")
         self.resume_phases = state.get("phases_done", 0)
@@ -244,6 +247,8 @@ class Run:
             rng,
             seed,
             f"epoch {epoch} {phase}",
+            self.sft_history,
+            [ex for s in self.dataset.splits if s != "train" for ex in self.dataset.splits[s]],
         )
 
     def probe_sft_grad_norm(self, epoch: int, slot: int) -> float:

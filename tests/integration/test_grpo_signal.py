@@ -380,6 +380,9 @@ def test_pass_rates_survive_growth_and_resume_like_an_uninterrupted_run(tmp_path
     state = json.loads((a / "out" / "checkpoints" / "epoch-0003" / "state.json").read_text())
     again = json.loads((b / "out" / "checkpoints" / "epoch-0003" / "state.json").read_text())
     assert state["pass_rates"] == again["pass_rates"] and len(state["pass_rates"]["rates"]) > 4
+    # grpo.fresh_questions' record of SFT epochs resumes too (8 records per SFT phase)
+    assert state["sft_history"] == again["sft_history"]
+    assert sorted(set(state["sft_history"]["last"].values())) == [1, 2, 3]
     assert len([p for p in state["pass_rates"]["rates"].values() if 0 < p < 1]) > 0
     # the records added at epoch 2 (data.inject) are tracked like the others once drawn
     assert any(k.startswith("syn-percent") for k in state["pass_rates"]["rates"])
