@@ -42,8 +42,8 @@ def _reasoning_gym() -> Any:
         import reasoning_gym
     except ImportError as e:
         raise ConfigError(
-            "data.path: reasoning_gym sources need the reasoning-gym package: "
-            "pip install 'asrl[gym]' (or pip install reasoning-gym)"
+            "reasoning_gym:TASK (data.path, grpo.question_source) needs the reasoning-gym "
+            "package: pip install 'asrl[gym]' (or pip install reasoning-gym)"
         ) from e
     return reasoning_gym
 

@@ -77,7 +77,7 @@ def _candidates(
         from asrl.data.gym import ReasoningGymSource  # reasoning-gym is an optional extra
 
         task = source.split(":", 1)[1]
-        src = ReasoningGymSource(task, seed=seed, size=10**6, options=gym.options, fmt=fmt)
+        src = ReasoningGymSource(task, seed=seed, size=gym.size, options=gym.options, fmt=fmt)
         src.index, src.limit = start, start + n  # items start .. start + n - 1
         # a generator bug on one item quarantines it in a data source; here it is skipped
         return [raw.parse() for raw in src.poll() if raw.error is None]
