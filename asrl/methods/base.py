@@ -22,7 +22,7 @@ from asrl.data.render import TokenizedCache
 from asrl.model.loading import Policy
 from asrl.phases.grpo import run_grpo_phase
 from asrl.phases.questions import phase_seed, procedural_questions, questions_needed
-from asrl.phases.selection import PassRates, SFTHistory, least_recently_trained
+from asrl.phases.selection import PassRates, SFTHistory
 from asrl.phases.sft import run_sft_phase
 from asrl.rewards.builtin import RewardSet
 from asrl.tracking.metrics import MetricsLog, console
@@ -47,7 +47,7 @@ class PhaseContext:
     seed: int
     desc: str
     sft_history: SFTHistory  # when an SFT phase last trained each train record
-    heldout: list[Example]  # the validation and test splits (never trained on)
+    heldout: tuple[list[Example], ...]  # the validation and test splits (never trained on)
 
 
 class RunView(Protocol):
@@ -98,11 +98,8 @@ class Method:
 def run_sft(ctx: PhaseContext) -> PhaseResult:
     """The SFT phase on the current train split (over-length examples dropped, counted)."""
     data, dropped = ctx.tokenized(ctx.train)
-    cap = ctx.cfg.sft.max_examples_per_phase
-    if ctx.cfg.sft.unseen_first and cap is not None and len(data) > cap:  # new data first
-        ids = [t.example_id for t in data]
-        data = [data[i] for i in least_recently_trained(ids, cap, ctx.rng, ctx.sft_history)]
-    result = run_sft_phase(ctx.policy, data, ctx.cfg.sft, ctx.optimizers["sft"], ctx.rng, ctx.desc)
+    sft, opt = ctx.cfg.sft, ctx.optimizers["sft"]
+    result = run_sft_phase(ctx.policy, data, sft, opt, ctx.rng, ctx.desc, ctx.sft_history)
     ctx.sft_history.mark(result.record_ids, ctx.epoch)
     result.metrics["data/dropped_too_long"] = len(dropped)
     if dropped:
@@ -140,5 +137,5 @@ def grpo_questions(ctx: PhaseContext) -> list[Example]:
         ctx.cfg.format.spec(),
         data.generate.mix,
         data.reasoning_gym,
-        [*ctx.train, *ctx.heldout],
+        [ctx.train, *ctx.heldout],
     )

@@ -37,11 +37,12 @@ def procedural_questions(
     fmt: ThinkingFormat,
     mix: str,
     gym: ReasoningGymConfig,
-    known: Iterable[Example],
+    known: Iterable[Iterable[Example]],
 ) -> list[Example]:
     """``n`` new questions from ``source`` (``generator`` or ``reasoning_gym:TASK``) on the
-    stream ``seed``, none with the text of a ``known`` example's question, no two alike."""
-    seen = {ex.prompt_text for ex in known}
+    stream ``seed``, none with the text of a question in ``known`` (lists of examples: the
+    dataset's splits), no two alike."""
+    seen = {ex.prompt_text for split in known for ex in split}
     out: list[Example] = []
     start = 0
     for _ in range(TRIES):
@@ -78,7 +79,8 @@ def _candidates(
 
         task = source.split(":", 1)[1]
         src = ReasoningGymSource(task, seed=seed, size=gym.size, options=gym.options, fmt=fmt)
-        src.index, src.limit = start, start + n  # items start .. start + n - 1
+        src.restore({src.cursor: start})
+        src.limit = start + n  # items start .. start + n - 1
         # a generator bug on one item quarantines it in a data source; here it is skipped
         return [raw.parse() for raw in src.poll() if raw.error is None]
     raise ConfigError(f"grpo.question_source: unknown source {source!r}")

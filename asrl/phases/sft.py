@@ -16,6 +16,7 @@ from asrl.model.loading import Policy
 from asrl.model.numerics import upcast
 from asrl.parallel import distributed, zero
 from asrl.phases.common import backward, clip_and_step, finite_mean, length_grouped_batches, set_lr
+from asrl.phases.selection import SFTHistory, least_recently_trained
 from asrl.types import Example, PhaseResult
 
 
@@ -137,11 +138,22 @@ def run_sft_phase(
     optimizer: torch.optim.Optimizer,
     rng: random.Random,
     desc: str = "sft",
+    history: SFTHistory | None = None,
 ) -> PhaseResult:
-    """One pass over ``data`` (or ``cfg.max_examples_per_phase`` of it) at a constant LR."""
+    """One pass over ``data`` (or ``cfg.max_examples_per_phase`` of it) at a constant LR.
+
+    A capped phase takes a random sample; with ``cfg.unseen_first`` and the run's
+    ``history``, the records no SFT phase trained on first, then the least recently trained
+    (``least_recently_trained``; with no history, the same draw as ``rng.sample``). The
+    result's ``record_ids`` say which records it trained on.
+    """
     start = time.perf_counter()
-    if cfg.max_examples_per_phase is not None and len(data) > cfg.max_examples_per_phase:
-        data = rng.sample(data, cfg.max_examples_per_phase)
+    cap = cfg.max_examples_per_phase
+    if cap is not None and len(data) > cap:
+        seen = history if cfg.unseen_first and history is not None else SFTHistory()
+        data = [
+            data[i] for i in least_recently_trained([t.example_id for t in data], cap, rng, seen)
+        ]
     batches = length_grouped_batches([len(t.ids) for t in data], cfg.batch_size, rng)
     windows = [batches[i : i + cfg.grad_accum] for i in range(0, len(batches), cfg.grad_accum)]
     set_lr(optimizer, cfg.lr)  # constant within the phase, reset every epoch (paper)

@@ -248,7 +248,7 @@ class Run:
             seed,
             f"epoch {epoch} {phase}",
             self.sft_history,
-            [ex for s in self.dataset.splits if s != "train" for ex in self.dataset.splits[s]],
+            tuple(v for s, v in self.dataset.splits.items() if s != "train"),
         )
 
     def probe_sft_grad_norm(self, epoch: int, slot: int) -> float:

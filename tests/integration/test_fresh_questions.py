@@ -78,16 +78,16 @@ def test_sft_history_state_round_trip():
 
 
 def test_generator_questions_are_new_distinct_and_seeded():
-    a = procedural_questions("generator", 12, 5, FMT, "paper", GYM, [])
+    a = procedural_questions("generator", 12, 5, FMT, "paper", GYM, [[]])
     assert len(a) == 12 and len({e.prompt_text for e in a}) == 12
     assert [e.id for e in a] == [
-        e.id for e in procedural_questions("generator", 12, 5, FMT, "paper", GYM, [])
+        e.id for e in procedural_questions("generator", 12, 5, FMT, "paper", GYM, [[]])
     ]
     other = procedural_questions("generator", 12, 6, FMT, "paper", GYM, [])
     assert {e.id for e in other}.isdisjoint(e.id for e in a)
     # a question the dataset holds (same text, any id) is never drawn
     known = [Example(id="mine", messages=e.messages, response="x") for e in a[:4]]
-    b = procedural_questions("generator", 12, 5, FMT, "paper", GYM, known)
+    b = procedural_questions("generator", 12, 5, FMT, "paper", GYM, [known[:2], known[2:]])
     assert len(b) == 12
     assert not {e.prompt_text for e in b} & {e.prompt_text for e in known}
     assert phase_seed(1) != phase_seed(2) and phase_seed(1) == phase_seed(1)
